@@ -1,0 +1,34 @@
+// Package l1 is the in-process tier of tiered: a byte-bounded ristretto v2
+// cache of decoded values with a per-entry TTL and a fill guard.
+//
+// # Decoded values, byte costs
+//
+// [Cache] stores values already decoded, so a hit costs one ristretto lookup
+// and no decoding or allocation. Each entry's cost is the size in bytes of its
+// encoded form (plus the key and a fixed per-entry overhead), and the
+// ristretto config sets IgnoreInternalCost: the byte count we pass already is
+// the whole budget, and letting ristretto add its own ~100-byte internal
+// estimate on top would make [Options.MaxBytes] mean something other than
+// bytes of cached data.
+//
+// # The fill guard
+//
+// A load (from Redis or from the database) must not put a value into L1 if the
+// key was invalidated while the load was running: the invalidation belongs to
+// a write that came after the value was read, and filling would bring the old
+// value back. The guard is in guard.go. Before a load starts, [Cache.Begin]
+// returns a [Ticket] that records the key's generation; [Cache.Invalidate]
+// advances the generation (under the same lock that deletes the entry); and
+// [Cache.Fill] stores the value only if the generation has not moved. Keys
+// share generations in a fixed number of stripes, so memory is bounded; a
+// collision can only make a fill be skipped, never let a stale one through.
+// [Cache.Clear] advances an epoch that every ticket also records.
+//
+// ristretto's Set is asynchronous and may be dropped under contention. Nothing
+// here relies on read-your-write from L1: a dropped fill is a later miss.
+// Invalidate deletes synchronously; ristretto applies deletes after any
+// buffered set of the same key, so an invalidation can never be overtaken by
+// a fill that was admitted before it.
+//
+// This package does not import Redis.
+package l1

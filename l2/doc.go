@@ -1,0 +1,16 @@
+// Package l2 is the Redis tier of tiered: values in a versioned envelope,
+// the leases that let a fleet load a cold key once, and the Lua scripts that
+// keep values, leases and invalidation announcements consistent.
+//
+// [Store] works over any redis.UniversalClient (single node, Sentinel
+// failover, Cluster). Keys are laid out as <namespace>:{<key>}, so a value and
+// its lease share a Cluster hash slot. Every call is bounded by
+// [Options.OpTimeout]. Errors are classified: [ErrMiss] for a missing value,
+// [ErrUnavailable] for a Redis failure, [ErrCorrupt] for bytes that do not
+// decode.
+//
+// The envelope format is in envelope.go, the lease protocol in lease.go, the
+// scripts in scripts.go. This package knows nothing of the L1 tier or of the
+// message format of the invalidation bus: writes take already-encoded
+// messages in an [Announce] and publish them from the same script.
+package l2

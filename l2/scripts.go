@@ -1,0 +1,88 @@
+package l2
+
+import "github.com/redis/go-redis/v9"
+
+// Every script touches only keys that share the hash tag {<key>}, so each runs
+// on one Redis Cluster slot. Announcements are PUBLISHed by the same script
+// that changes the data, after the change: the change and its announcement
+// cannot part.
+
+// setScript writes a value, deletes its lease (so that a load racing this
+// write is discarded), and announces the write.
+//
+//	KEYS[1] value  KEYS[2] lease
+//	ARGV[1] value  ARGV[2] TTL in ms  ARGV[3] channel  ARGV[4..] messages
+var setScript = redis.NewScript(`
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[2])
+for i = 4, #ARGV do redis.call('PUBLISH', ARGV[3], ARGV[i]) end
+return 1
+`)
+
+// deleteScript deletes values and their leases, then announces it.
+//
+//	KEYS    value and lease keys
+//	ARGV[1] channel  ARGV[2..] messages
+var deleteScript = redis.NewScript(`
+for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
+for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end
+return 1
+`)
+
+// getOrLeaseScript returns the value if there is one; otherwise it tries to
+// take the lease, and when another holds it, marks that someone waits and
+// returns the lease's remaining TTL. Doing all three in one script closes the
+// window between "miss" and "take the lease" in which a value could land.
+//
+//	KEYS[1] value  KEYS[2] lease  KEYS[3] waiters
+//	ARGV[1] token  ARGV[2] lease TTL in ms
+//
+// Returns {1, value} | {2, ""} (lease taken) | {3, pttl} (lease held by another).
+var getOrLeaseScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v then return {1, v} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+return {3, redis.call('PTTL', KEYS[2])}
+`)
+
+// fillScript is the compare-and-set of a lease holder: it writes the value
+// only while the lease still holds the holder's token, then releases the
+// lease and, if anyone waited, publishes the wake messages.
+//
+//	KEYS[1] value  KEYS[2] lease  KEYS[3] waiters
+//	ARGV[1] token  ARGV[2] value  ARGV[3] TTL in ms  ARGV[4] channel  ARGV[5..] messages
+//
+// Returns 1 when written, 0 when the lease was lost (the fill is discarded).
+var fillScript = redis.NewScript(`
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+if redis.call('DEL', KEYS[3]) == 1 then
+  for i = 5, #ARGV do redis.call('PUBLISH', ARGV[4], ARGV[i]) end
+end
+return 1
+`)
+
+// releaseScript deletes the lease only if it still holds the token (never a
+// plain DEL) and wakes waiters.
+//
+//	KEYS[1] lease  KEYS[2] waiters
+//	ARGV[1] token  ARGV[2] channel  ARGV[3..] messages
+var releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if redis.call('DEL', KEYS[2]) == 1 then
+  for i = 3, #ARGV do redis.call('PUBLISH', ARGV[2], ARGV[i]) end
+end
+return 1
+`)
+
+// deleteIfEqualScript deletes a value only if it still holds the given bytes:
+// removing a corrupt value must not remove a good one written since.
+//
+//	KEYS[1] value  ARGV[1] expected bytes
+var deleteIfEqualScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)

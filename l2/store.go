@@ -1,0 +1,191 @@
+package l2
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// DefaultOpTimeout bounds each Redis call when [Options.OpTimeout] is zero.
+const DefaultOpTimeout = 200 * time.Millisecond
+
+// Errors returned by [Store]. A miss, a Redis failure and a corrupt value are
+// three different things.
+var (
+	// ErrMiss means Redis holds no value for the key.
+	ErrMiss = errors.New("l2: miss")
+	// ErrUnavailable wraps every failure to talk to Redis: a network error, a
+	// timeout, a server error reply.
+	ErrUnavailable = errors.New("l2: redis unavailable")
+	// ErrInvalidNamespace is returned by New for an empty namespace or one
+	// with a brace, which would change the Cluster hash tag of every key.
+	ErrInvalidNamespace = errors.New("l2: invalid namespace")
+)
+
+// Options configures a [Store].
+type Options struct {
+	// Namespace prefixes every key. Required; must not contain '{' or '}'.
+	Namespace string
+	// OpTimeout bounds every Redis call. Default [DefaultOpTimeout].
+	OpTimeout time.Duration
+}
+
+// Announce is what a write publishes on the invalidation channel, in the
+// same script as the write. Messages are already encoded; a zero Announce
+// publishes nothing.
+type Announce struct {
+	Channel  string
+	Messages [][]byte
+}
+
+// Store is the Redis tier of one namespace: values in envelopes, their leases
+// and the scripts that keep the two consistent.
+//
+// Key layout, for a user key k in namespace ns:
+//
+//	ns:{k}          the value (an envelope)
+//	ns:{k}:lease    the lease token of the node loading k
+//	ns:{k}:waiters  set while another node waits for the lease
+//
+// The braces make k the Redis Cluster hash tag, so a value and its helper keys
+// share one slot and one script can touch them all.
+//
+// A Store is safe for concurrent use by multiple goroutines.
+type Store struct {
+	rdb       redis.UniversalClient
+	ns        string
+	opTimeout time.Duration
+	cluster   bool // scripts must not span slots
+}
+
+// New returns a Store over rdb, which may be a single-node, failover or
+// cluster client. It starts no goroutines.
+func New(rdb redis.UniversalClient, opts *Options) (*Store, error) {
+	if rdb == nil {
+		return nil, errors.New("l2: nil redis client")
+	}
+	if opts == nil || opts.Namespace == "" || strings.ContainsAny(opts.Namespace, "{}") {
+		return nil, fmt.Errorf("%w: %q", ErrInvalidNamespace, nsOf(opts))
+	}
+	if opts.OpTimeout < 0 {
+		return nil, errors.New("l2: OpTimeout must not be negative")
+	}
+	s := &Store{rdb: rdb, ns: opts.Namespace, opTimeout: opts.OpTimeout}
+	if s.opTimeout == 0 {
+		s.opTimeout = DefaultOpTimeout
+	}
+	_, s.cluster = rdb.(*redis.ClusterClient)
+	return s, nil
+}
+
+func nsOf(o *Options) string {
+	if o == nil {
+		return ""
+	}
+	return o.Namespace
+}
+
+// Namespace returns the store's namespace.
+func (s *Store) Namespace() string { return s.ns }
+
+// Key returns the Redis key of k's value.
+func (s *Store) Key(k string) string { return s.ns + ":{" + k + "}" }
+
+func (s *Store) leaseKey(k string) string   { return s.Key(k) + ":lease" }
+func (s *Store) waitersKey(k string) string { return s.Key(k) + ":waiters" }
+
+func (s *Store) unavailable(op string, err error) error {
+	return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, err)
+}
+
+// Get returns the envelope bytes stored for k, [ErrMiss], or an error wrapping
+// [ErrUnavailable].
+func (s *Store) Get(ctx context.Context, k string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	defer cancel()
+	b, err := s.rdb.Get(ctx, s.Key(k)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, ErrMiss
+	}
+	if err != nil {
+		return nil, s.unavailable("GET", err)
+	}
+	return b, nil
+}
+
+func ms(d time.Duration) int64 { return max(d.Milliseconds(), 1) }
+
+// Set stores value for k with ttl, deletes k's lease (discarding a racing
+// load) and publishes ann, all in one script.
+func (s *Store) Set(ctx context.Context, k string, value []byte, ttl time.Duration, ann Announce) error {
+	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	defer cancel()
+	args := make([]any, 0, 3+len(ann.Messages))
+	args = append(args, value, ms(ttl), ann.Channel)
+	for _, m := range ann.Messages {
+		args = append(args, m)
+	}
+	if err := setScript.Run(ctx, s.rdb, []string{s.Key(k), s.leaseKey(k)}, args...).Err(); err != nil {
+		return s.unavailable("set script", err)
+	}
+	return nil
+}
+
+// Delete deletes keys and their leases, then publishes ann. On a single node
+// or failover client that is one script; on a Cluster client, whose scripts
+// cannot span slots, each key is deleted by its own script in one pipeline
+// and ann is published after all of them succeeded.
+func (s *Store) Delete(ctx context.Context, keys []string, ann Announce) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	defer cancel()
+	if !s.cluster {
+		rk := make([]string, 0, 2*len(keys))
+		for _, k := range keys {
+			rk = append(rk, s.Key(k), s.leaseKey(k))
+		}
+		args := make([]any, 0, 1+len(ann.Messages))
+		args = append(args, ann.Channel)
+		for _, m := range ann.Messages {
+			args = append(args, m)
+		}
+		if err := deleteScript.Run(ctx, s.rdb, rk, args...).Err(); err != nil {
+			return s.unavailable("delete script", err)
+		}
+		return nil
+	}
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT.
+			deleteScript.Eval(ctx, p, []string{s.Key(k), s.leaseKey(k)}, ann.Channel)
+		}
+		return nil
+	})
+	if err != nil {
+		return s.unavailable("delete pipeline", err)
+	}
+	for _, m := range ann.Messages {
+		if err := s.rdb.Publish(ctx, ann.Channel, m).Err(); err != nil {
+			return s.unavailable("PUBLISH", err)
+		}
+	}
+	return nil
+}
+
+// DeleteIfEqual deletes k's value only if it still holds old. It removes a
+// corrupt value without removing a good one written since it was read.
+func (s *Store) DeleteIfEqual(ctx context.Context, k string, old []byte) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	defer cancel()
+	n, err := deleteIfEqualScript.Run(ctx, s.rdb, []string{s.Key(k)}, old).Int()
+	if err != nil {
+		return false, s.unavailable("delete-if-equal script", err)
+	}
+	return n == 1, nil
+}

@@ -1,0 +1,63 @@
+package tiered
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Errors returned by a [Cache]; check them with errors.Is.
+var (
+	// ErrNotFound is returned by Get on a miss, and by GetOrLoad when the
+	// loader returned it (or a cached negative result says so). A loader
+	// returns ErrNotFound (or an error wrapping it) to have "not found"
+	// cached for Options.NegativeTTL.
+	ErrNotFound = errors.New("tiered: not found")
+
+	// ErrUnavailable wraps a Redis failure: a network error, a timeout, an
+	// error reply. GetOrLoad never returns it for a read (it falls through
+	// to the loader); Get, Set and Delete do.
+	ErrUnavailable = errors.New("tiered: redis unavailable")
+
+	// ErrKeyEmpty rejects an empty key. Nothing is read or written.
+	ErrKeyEmpty = errors.New("tiered: empty key")
+
+	// ErrKeyTooLong rejects a key over Options.MaxKeyBytes. Nothing is read
+	// or written.
+	ErrKeyTooLong = errors.New("tiered: key too long")
+
+	// ErrValueTooLarge rejects a value whose encoding is over
+	// Options.MaxValueBytes. Nothing is written.
+	ErrValueTooLarge = errors.New("tiered: value too large")
+
+	// ErrEncode wraps a Codec failure to encode a value. Nothing is written.
+	ErrEncode = errors.New("tiered: cannot encode value")
+
+	// ErrLoaderPanic is wrapped by the *PanicError every waiter of a load
+	// gets when the loader panicked.
+	ErrLoaderPanic = errors.New("tiered: loader panicked")
+
+	// ErrInvalidOptions is wrapped by the errors of New.
+	ErrInvalidOptions = errors.New("tiered: invalid options")
+
+	// ErrClosed is returned by every method of a closed Cache.
+	ErrClosed = errors.New("tiered: cache is closed")
+)
+
+// PanicError is the error of a load whose loader panicked. It wraps
+// ErrLoaderPanic and, when the panic value is an error, that error too.
+type PanicError struct {
+	Value any    // the value passed to panic
+	Stack []byte // the loader goroutine's stack at the panic
+}
+
+func (p *PanicError) Error() string {
+	return fmt.Sprintf("%v: %v\n\n%s", ErrLoaderPanic, p.Value, p.Stack)
+}
+
+// Unwrap returns ErrLoaderPanic and the panic value if it is an error.
+func (p *PanicError) Unwrap() []error {
+	if err, ok := p.Value.(error); ok {
+		return []error{ErrLoaderPanic, err}
+	}
+	return []error{ErrLoaderPanic}
+}

@@ -1,0 +1,271 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	"github.com/tieredcache/tiered/l1"
+	"github.com/tieredcache/tiered/l2"
+	"github.com/tieredcache/tiered/pubsub"
+)
+
+// This file is the miss path: what one flight does for all the callers of a
+// key in this process.
+
+// Lease waiting: a flight that finds another node's lease waits for a wake
+// message from the holder, or polls Redis with a backoff between these bounds
+// in case the message is lost.
+const (
+	pollMin = 10 * time.Millisecond
+	pollMax = 200 * time.Millisecond
+)
+
+// begin returns the L1 ticket for a load of key; call it before reading.
+func (c *Cache[V]) begin(key string) l1.Ticket {
+	if c.l1 == nil {
+		return l1.Ticket{}
+	}
+	return c.l1.Begin(key)
+}
+
+// fill stores a loaded entry in L1 if no invalidation of key happened since t.
+func (c *Cache[V]) fill(t l1.Ticket, key string, e entry[V], cost int, ttl time.Duration) {
+	if c.l1 != nil {
+		c.l1.Fill(t, key, e, int64(cost+len(key)), ttl)
+	}
+}
+
+// fetch is the flight of Get: L1 again, then Redis.
+func (c *Cache[V]) fetch(ctx context.Context, key string) (V, error) {
+	var zero V
+	t := c.begin(key)
+	// Check L1 again: a flight that finished between this caller's L1 miss
+	// and the start of this one may have filled it (groupcache's reason).
+	if v, err, ok := c.fromL1(key); ok {
+		return v, err
+	}
+	raw, err := c.l2.Get(ctx, key)
+	switch {
+	case errors.Is(err, l2.ErrMiss):
+		c.stats.misses.Add(1)
+		return zero, ErrNotFound
+	case err != nil:
+		c.l2Failed("get", err)
+		return zero, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if v, err, ok := c.hit(ctx, t, key, raw); ok {
+		return v, err
+	}
+	c.stats.misses.Add(1)
+	return zero, ErrNotFound
+}
+
+// hit decodes raw, read from Redis for key, and fills L1. If raw does not
+// decode, it counts it, deletes it from Redis (only if unchanged) and
+// reports ok=false: the caller treats it as a miss.
+func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte) (v V, err error, ok bool) {
+	env, err := l2.DecodeEnvelope(raw)
+	if err == nil && !env.Negative {
+		if uerr := c.o.Codec.Unmarshal(env.Payload, &v); uerr != nil {
+			err = fmt.Errorf("%w: codec: %w", l2.ErrCorrupt, uerr)
+		}
+	}
+	if err != nil {
+		c.stats.corrupt.Add(1)
+		c.log.Log(slog.LevelError, "tiered: corrupt value in redis, deleting it", err,
+			slog.String("namespace", c.o.Namespace), slog.String("key", key))
+		if _, derr := c.l2.DeleteIfEqual(ctx, key, raw); derr != nil {
+			c.l2Failed("delete corrupt", derr)
+		}
+		var zero V
+		return zero, nil, false
+	}
+	c.stats.l2Hits.Add(1)
+	ttl := min(c.o.L1TTL, time.Until(env.Expiry))
+	c.fill(t, key, entry[V]{v: v, neg: env.Negative}, len(raw), ttl)
+	if env.Negative {
+		c.stats.negativeHits.Add(1)
+		return v, ErrNotFound, true
+	}
+	return v, nil, true
+}
+
+// load is the flight of GetOrLoad: L1 again, Redis, then the lease and the
+// loader.
+func (c *Cache[V]) load(ctx context.Context, key string, loader Loader[V]) (V, error) {
+	t := c.begin(key)
+	if v, err, ok := c.fromL1(key); ok { // see fetch
+		return v, err
+	}
+	raw, err := c.l2.Get(ctx, key)
+	switch {
+	case err == nil:
+		if v, err, ok := c.hit(ctx, t, key, raw); ok {
+			return v, err
+		}
+	case !errors.Is(err, l2.ErrMiss):
+		c.l2Failed("get", err)
+		return c.loadUnleased(ctx, t, key, loader)
+	}
+	c.stats.misses.Add(1)
+	return c.loadLeased(ctx, t, key, loader)
+}
+
+// loadLeased takes the key's lease and loads, or waits for the node that
+// holds it. See package l2 for the protocol.
+func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, key string, loader Loader[V]) (V, error) {
+	woken := c.addWaiter(key)
+	defer c.removeWaiter(key)
+	// A holder that neither fills nor releases lets its lease expire after
+	// LeaseTTL, and the next GetOrLease takes it over; this deadline only
+	// guards against a lease that keeps being renewed by others.
+	deadline := time.Now().Add(2*c.o.LeaseTTL + c.o.LoadTimeout)
+	poll, waited, corrupt := pollMin, false, 0
+	for {
+		res, err := c.l2.GetOrLease(ctx, key, c.o.LeaseTTL)
+		if err != nil {
+			c.l2Failed("get-or-lease", err)
+			return c.loadUnleased(ctx, t, key, loader)
+		}
+		switch res.State {
+		case l2.Found:
+			if v, err, ok := c.hit(ctx, t, key, res.Value); ok {
+				return v, err
+			}
+			if corrupt++; corrupt > 1 {
+				return c.loadUnleased(ctx, t, key, loader)
+			}
+			continue
+		case l2.Acquired:
+			return c.loadAndFill(ctx, t, key, loader, res.Lease)
+		}
+		// Held by another node: wait for its wake message, or poll.
+		if !waited {
+			waited = true
+			c.stats.leaseWaits.Add(1)
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return c.loadUnleased(ctx, t, key, loader)
+		}
+		timer := time.NewTimer(min(poll, res.Remaining+time.Millisecond, left))
+		select {
+		case <-woken:
+		case <-timer.C:
+		}
+		timer.Stop()
+		poll = min(2*poll, pollMax)
+	}
+}
+
+// loadAndFill calls the loader while holding lease and stores the result in
+// Redis (if the lease still holds) and in L1 (if the guard allows).
+func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, key string, loader Loader[V], lease l2.Lease) (V, error) {
+	v, err := c.callLoader(ctx, key, loader)
+	neg := errors.Is(err, ErrNotFound)
+	wake, aerr := c.announce(pubsub.Wake, key)
+	if aerr != nil { // cannot happen for a valid key; wake by polling
+		wake = l2.Announce{}
+	}
+	if (err != nil && !neg) || (neg && c.o.NegativeTTL < 0) {
+		if rerr := c.l2.Release(ctx, lease, wake); rerr != nil {
+			c.l2Failed("release", rerr)
+		}
+		return v, err
+	}
+	env, ttl, eerr := c.encode(v, neg)
+	if eerr != nil {
+		c.log.Log(slog.LevelWarn, "tiered: loaded value not cached", eerr,
+			slog.String("namespace", c.o.Namespace), slog.String("key", key))
+		if rerr := c.l2.Release(ctx, lease, wake); rerr != nil {
+			c.l2Failed("release", rerr)
+		}
+		return v, err
+	}
+	filled, ferr := c.l2.Fill(ctx, lease, env, ttl, wake)
+	switch {
+	case ferr != nil:
+		c.l2Failed("fill", ferr)
+	case !filled:
+		// The lease is gone: a Set or Delete of key ran while we loaded (or
+		// the lease expired and another node took over). What we loaded may
+		// predate that write: keep it out of both tiers. The callers still
+		// get it: their read began before the write.
+		c.stats.staleDiscards.Add(1)
+		return v, err
+	}
+	c.fill(t, key, entry[V]{v: v, neg: neg}, len(env), min(c.o.L1TTL, ttl))
+	return v, err
+}
+
+// loadUnleased calls the loader without a lease, when Redis failed or a
+// lease could not be had in time. The value goes to L1 (guarded) but not to
+// Redis: only a lease holder may write a loaded value there.
+func (c *Cache[V]) loadUnleased(ctx context.Context, t l1.Ticket, key string, loader Loader[V]) (V, error) {
+	v, err := c.callLoader(ctx, key, loader)
+	neg := errors.Is(err, ErrNotFound)
+	switch {
+	case err == nil:
+		if env, ttl, eerr := c.encode(v, false); eerr == nil {
+			c.fill(t, key, entry[V]{v: v}, len(env), min(c.o.L1TTL, ttl))
+		}
+	case neg && c.o.NegativeTTL > 0:
+		c.fill(t, key, entry[V]{neg: true}, l2.HeaderSize, min(c.o.L1TTL, c.o.NegativeTTL))
+	}
+	return v, err
+}
+
+// callLoader runs loader with LoadTimeout, turning a panic into a
+// *PanicError.
+func (c *Cache[V]) callLoader(ctx context.Context, key string, loader Loader[V]) (v V, err error) {
+	c.stats.loads.Add(1)
+	ctx, cancel := context.WithTimeout(ctx, c.o.LoadTimeout)
+	defer cancel()
+	defer func() {
+		if r := recover(); r != nil {
+			var zero V
+			v, err = zero, &PanicError{Value: r, Stack: debug.Stack()}
+		}
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			c.stats.loadErrors.Add(1)
+		}
+	}()
+	return loader.Load(ctx, key)
+}
+
+// addWaiter registers the flight of key as waiting for a lease. Flights are
+// one per key (singleflight), so one channel per key suffices.
+func (c *Cache[V]) addWaiter(key string) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	c.waitMu.Lock()
+	c.waiters[key] = ch
+	c.waitMu.Unlock()
+	return ch
+}
+
+func (c *Cache[V]) removeWaiter(key string) {
+	c.waitMu.Lock()
+	delete(c.waiters, key)
+	c.waitMu.Unlock()
+}
+
+// wake tells the flights waiting for keys' leases to look again.
+func (c *Cache[V]) wake(keys ...string) {
+	c.waitMu.Lock()
+	defer c.waitMu.Unlock()
+	if len(c.waiters) == 0 {
+		return
+	}
+	for _, k := range keys {
+		if ch, ok := c.waiters[k]; ok {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}
+}

@@ -1,0 +1,166 @@
+package tiered
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/tieredcache/tiered/l1"
+	"github.com/tieredcache/tiered/l2"
+	"github.com/tieredcache/tiered/pubsub"
+)
+
+// Defaults for [Options].
+const (
+	// DefaultL1TTL caps the L1 TTL when Options.L1TTL is zero.
+	DefaultL1TTL = time.Minute
+	// DefaultNegativeTTL caps the TTL of cached "not found" results when
+	// Options.NegativeTTL is zero.
+	DefaultNegativeTTL = 30 * time.Second
+	// DefaultLoadTimeout bounds a loader call.
+	DefaultLoadTimeout = 5 * time.Second
+	// DefaultLeaseTTL is how long a node may hold the lease on a key it loads.
+	DefaultLeaseTTL = 5 * time.Second
+	// DefaultMaxKeyBytes bounds a key.
+	DefaultMaxKeyBytes = 1 << 10
+	// DefaultMaxValueBytes bounds an encoded value.
+	DefaultMaxValueBytes = 1 << 20
+	// MaxKeyBytesLimit is the largest MaxKeyBytes accepted; longer keys would
+	// not fit an invalidation message.
+	MaxKeyBytesLimit = 64 << 10
+)
+
+// Options configures a [Cache]. Namespace and TTL are required; every other
+// field has the default its comment states.
+type Options struct {
+	// Namespace prefixes the cache's Redis keys and scopes its invalidation
+	// messages. Required; must not contain '{' or '}'. Caches of different
+	// value types must use different namespaces.
+	Namespace string
+
+	// TTL is the Redis TTL of every value. Required, > 0: a key without a
+	// TTL would serve stale data forever after a missed invalidation.
+	TTL time.Duration
+
+	// Jitter adds a random duration in [0, Jitter) to every value's Redis
+	// TTL, so that keys filled together do not expire together. Default
+	// TTL/10; negative means none.
+	Jitter time.Duration
+
+	// L1TTL is the longest an entry lives in L1; an entry's L1 TTL is also
+	// never longer than what is left of its Redis TTL. It is the last
+	// backstop against a lost invalidation. Default min(TTL, DefaultL1TTL).
+	L1TTL time.Duration
+
+	// NegativeTTL is the TTL of a cached "not found" (a loader returning
+	// ErrNotFound). Default min(TTL, DefaultNegativeTTL); negative turns
+	// negative caching off.
+	NegativeTTL time.Duration
+
+	// L1MaxBytes bounds L1 by the encoded size of its values. Default
+	// l1.DefaultMaxBytes (64 MiB).
+	L1MaxBytes int64
+
+	// L1NumCounters is ristretto's NumCounters. Default: derived from
+	// L1MaxBytes, see l1.Options.
+	L1NumCounters int64
+
+	// DisableL1 turns the in-process tier off: every read goes to Redis.
+	// Default false.
+	DisableL1 bool
+
+	// Codec encodes values for Redis. Default l2.JSON.
+	Codec l2.Codec
+
+	// OpTimeout bounds every Redis call. Default l2.DefaultOpTimeout (200ms).
+	OpTimeout time.Duration
+
+	// LoadTimeout bounds every loader call; the loader's context is
+	// cancelled after it. Default DefaultLoadTimeout.
+	LoadTimeout time.Duration
+
+	// LeaseTTL is how long a node may hold the lease on a key it loads
+	// before another node may take over. Set it above the loader's usual
+	// duration: a lease that expires mid-load makes a second node load too.
+	// Default DefaultLeaseTTL.
+	LeaseTTL time.Duration
+
+	// MaxKeyBytes bounds a key. Default DefaultMaxKeyBytes; at most
+	// MaxKeyBytesLimit.
+	MaxKeyBytes int
+
+	// MaxValueBytes bounds a value's encoded size. Default
+	// DefaultMaxValueBytes.
+	MaxValueBytes int
+
+	// Bus is the invalidation bus. Share one Bus between all caches of a
+	// process to use one subscription. Default: the cache creates its own
+	// and Close closes it.
+	Bus *pubsub.Bus
+
+	// Logger receives rate-limited reports of Redis failures, corrupt
+	// values and rejected inputs. Default: discard.
+	Logger *slog.Logger
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidOptions}, args...)...)
+}
+
+// withDefaults validates o and fills in defaults.
+func (o *Options) withDefaults() (Options, error) {
+	if o == nil {
+		return Options{}, invalid("nil *Options: Namespace and TTL are required")
+	}
+	r := *o
+	if r.Namespace == "" {
+		return r, invalid("Namespace is required")
+	}
+	if r.TTL <= 0 {
+		return r, invalid("TTL must be > 0, got %v", r.TTL)
+	}
+	for name, d := range map[string]time.Duration{
+		"L1TTL": r.L1TTL, "OpTimeout": r.OpTimeout, "LoadTimeout": r.LoadTimeout, "LeaseTTL": r.LeaseTTL,
+	} {
+		if d < 0 {
+			return r, invalid("%s must not be negative, got %v", name, d)
+		}
+	}
+	if r.MaxKeyBytes < 0 || r.MaxValueBytes < 0 || r.L1MaxBytes < 0 || r.L1NumCounters < 0 {
+		return r, invalid("sizes must not be negative")
+	}
+	if r.MaxKeyBytes > MaxKeyBytesLimit {
+		return r, invalid("MaxKeyBytes %d is over MaxKeyBytesLimit %d", r.MaxKeyBytes, MaxKeyBytesLimit)
+	}
+	if r.Jitter == 0 {
+		r.Jitter = r.TTL / 10
+	}
+	if r.L1TTL == 0 {
+		r.L1TTL = min(r.TTL, DefaultL1TTL)
+	}
+	if r.NegativeTTL == 0 {
+		r.NegativeTTL = min(r.TTL, DefaultNegativeTTL)
+	}
+	if r.L1MaxBytes == 0 {
+		r.L1MaxBytes = l1.DefaultMaxBytes
+	}
+	if r.Codec == nil {
+		r.Codec = l2.JSON{}
+	}
+	if r.OpTimeout == 0 {
+		r.OpTimeout = l2.DefaultOpTimeout
+	}
+	if r.LoadTimeout == 0 {
+		r.LoadTimeout = DefaultLoadTimeout
+	}
+	if r.LeaseTTL == 0 {
+		r.LeaseTTL = DefaultLeaseTTL
+	}
+	if r.MaxKeyBytes == 0 {
+		r.MaxKeyBytes = DefaultMaxKeyBytes
+	}
+	if r.MaxValueBytes == 0 {
+		r.MaxValueBytes = DefaultMaxValueBytes
+	}
+	return r, nil
+}

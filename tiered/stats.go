@@ -1,0 +1,39 @@
+package tiered
+
+import "sync/atomic"
+
+// Stats are the counters of one [Cache] since New.
+type Stats struct {
+	L1Hits        uint64 // reads answered from L1 (NegativeHits included)
+	L2Hits        uint64 // reads answered from Redis (NegativeHits included)
+	Misses        uint64 // flights that found the key in neither tier
+	NegativeHits  uint64 // reads answered by a cached "not found"
+	Loads         uint64 // loader calls
+	LoadErrors    uint64 // loader calls that failed (ErrNotFound is not a failure)
+	LeaseWaits    uint64 // flights that waited for another node's lease
+	StaleDiscards uint64 // loaded values kept out of Redis because a write raced them
+	L2Errors      uint64 // failed Redis calls
+	Corrupt       uint64 // values in Redis that did not decode (each deleted)
+	Rejected      uint64 // rejected inputs: bad keys, values too large or not encodable
+	Invalidations uint64 // keys invalidated by messages from other nodes
+	Resets        uint64 // times L1 was dropped because the bus had a gap
+}
+
+// counters are the live Stats. l1Hits, bumped on the hot path by every
+// core, has a cache line to itself.
+type counters struct {
+	l1Hits atomic.Uint64
+	_      [56]byte
+	l2Hits, misses, negativeHits, loads, loadErrors, leaseWaits, staleDiscards,
+	l2Errors, corrupt, rejected, invalidations, resets atomic.Uint64
+}
+
+func (c *counters) snapshot() Stats {
+	return Stats{
+		L1Hits: c.l1Hits.Load(), L2Hits: c.l2Hits.Load(), Misses: c.misses.Load(),
+		NegativeHits: c.negativeHits.Load(), Loads: c.loads.Load(), LoadErrors: c.loadErrors.Load(),
+		LeaseWaits: c.leaseWaits.Load(), StaleDiscards: c.staleDiscards.Load(),
+		L2Errors: c.l2Errors.Load(), Corrupt: c.corrupt.Load(), Rejected: c.rejected.Load(),
+		Invalidations: c.invalidations.Load(), Resets: c.resets.Load(),
+	}
+}
