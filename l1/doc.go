@@ -24,11 +24,14 @@
 // collision can only make a fill be skipped, never let a stale one through.
 // [Cache.Clear] advances an epoch that every ticket also records.
 //
-// ristretto's Set is asynchronous and may be dropped under contention. Nothing
-// here relies on read-your-write from L1: a dropped fill is a later miss.
-// Invalidate deletes synchronously; ristretto applies deletes after any
-// buffered set of the same key, so an invalidation can never be overtaken by
-// a fill that was admitted before it.
+// ristretto's Set is asynchronous and may be dropped under contention.
+// Nothing here relies on read-your-write from L1: a dropped fill is a later
+// miss. Deletion needs care: ristretto's Del removes an entry at once, but a
+// Set still in its write buffer is applied afterwards and stays visible until
+// the delete queued behind it is applied. [Cache.Invalidate] and
+// [Cache.Replace] therefore wait for ristretto's buffer to drain before they
+// return, so that when they return no older value is visible. Get never
+// waits.
 //
 // This package does not import Redis.
 package l1

@@ -38,19 +38,13 @@ func (g *guard) begin(h uint64) Ticket {
 }
 
 // fill runs store if nothing touched the ticket's stripe since begin.
-// bump also advances the stripe, as a local write must.
-func (g *guard) fill(t Ticket, bump bool, store func(), drop func()) bool {
+func (g *guard) fill(t Ticket, store func()) bool {
 	g.clearMu.RLock()
 	s := &g.stripes[t.stripe]
 	s.mu.Lock()
 	ok := g.epoch.Load() == t.epoch && s.gen.Load() == t.gen
-	if bump {
-		s.gen.Add(1)
-	}
 	if ok {
 		store()
-	} else if drop != nil {
-		drop()
 	}
 	s.mu.Unlock()
 	g.clearMu.RUnlock()

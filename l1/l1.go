@@ -105,36 +105,59 @@ func (c *Cache[V]) Fill(t Ticket, key string, v V, cost int64, ttl time.Duration
 	if ttl <= 0 || c.closed.Load() {
 		return false
 	}
-	return c.guard.fill(t, false, func() {
+	return c.guard.fill(t, func() {
 		c.rc.SetWithTTL(key, v, cost+EntryOverhead, ttl)
-	}, nil)
+	})
 }
 
 // Replace is Fill for a local write: it also invalidates key, so a load that
 // began before the write cannot fill afterwards, and when the guard rejects
-// v (another write of key happened since t) it deletes the entry instead,
-// because which of the two writes reached Redis last is unknown.
+// v (another write of key happened since t) it only deletes the entry,
+// because which of the two writes reached Redis last is unknown. Like
+// Invalidate, it returns only when no older value of key is visible.
 func (c *Cache[V]) Replace(t Ticket, key string, v V, cost int64, ttl time.Duration) bool {
 	if c.closed.Load() {
 		return false
 	}
-	return c.guard.fill(t, true, func() {
-		if ttl > 0 {
-			c.rc.SetWithTTL(key, v, cost+EntryOverhead, ttl)
-		} else {
-			c.rc.Del(key)
-		}
-	}, func() { c.rc.Del(key) })
+	c.guard.invalidate(hash(key), func() { c.rc.Del(key) })
+	c.wait()
+	// The invalidation above advanced the generation once; a ticket that
+	// was current before it is one behind.
+	t.gen++
+	if ttl <= 0 {
+		return false
+	}
+	return c.guard.fill(t, func() {
+		c.rc.SetWithTTL(key, v, cost+EntryOverhead, ttl)
+	})
 }
 
 // Invalidate deletes keys and advances their fill-guard generations, so that
-// loads in flight for them will not fill.
+// loads in flight for them will not fill. When it returns, no value stored
+// before the call is visible.
+//
+// ristretto's Del removes an entry at once, but a Set still in ristretto's
+// write buffer is applied after that and stays visible until the delete
+// queued behind it is applied. Invalidate therefore waits for the buffer to
+// drain (once, for all keys) before it returns. This is a write-path cost;
+// Get never waits.
 func (c *Cache[V]) Invalidate(keys ...string) {
-	if c.closed.Load() {
+	if c.closed.Load() || len(keys) == 0 {
 		return
 	}
 	for _, k := range keys {
 		c.guard.invalidate(hash(k), func() { c.rc.Del(k) })
+	}
+	c.wait()
+}
+
+// wait blocks until ristretto applied every buffered write, unless the cache
+// is closed meanwhile.
+func (c *Cache[V]) wait() {
+	c.guard.clearMu.RLock()
+	defer c.guard.clearMu.RUnlock()
+	if !c.closed.Load() {
+		c.rc.Wait()
 	}
 }
 

@@ -49,6 +49,10 @@ type Cache[V any] struct {
 	closed     atomic.Bool
 	closeOnce  sync.Once
 	unregister func()
+
+	// beforeFill, set only by tests, runs before a value read from Redis
+	// or loaded is offered to L1: the window the fill guard protects.
+	beforeFill func(key string)
 }
 
 // New returns a Cache over rdb (a single-node, failover or cluster client;

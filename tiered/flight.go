@@ -34,9 +34,13 @@ func (c *Cache[V]) begin(key string) l1.Ticket {
 
 // fill stores a loaded entry in L1 if no invalidation of key happened since t.
 func (c *Cache[V]) fill(t l1.Ticket, key string, e entry[V], cost int, ttl time.Duration) {
-	if c.l1 != nil {
-		c.l1.Fill(t, key, e, int64(cost+len(key)), ttl)
+	if c.l1 == nil {
+		return
 	}
+	if c.beforeFill != nil {
+		c.beforeFill(key)
+	}
+	c.l1.Fill(t, key, e, int64(cost+len(key)), ttl)
 }
 
 // fetch is the flight of Get: L1 again, then Redis.

@@ -1,0 +1,414 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	zipfS          = 1.1 // Zipf exponent of the reads: a few products are hot
+	absentPermille = 10  // reads of products that do not exist, per thousand
+	probeTimeout   = 3 * time.Second
+	probeInterval  = 2 * time.Millisecond
+	chaosOutage    = 1500 * time.Millisecond // how long a miniredis stays down
+	maxReported    = 10                      // errors and stale reads printed in full
+)
+
+// driver drives load through the nodes and checks what they answer.
+type driver struct {
+	cfg   config
+	out   *printer
+	nodes []*nodeProc
+	cat   *catalog // the parent's handle on the database, for the final check
+	redis *redisServer
+	http  *http.Client
+
+	acks   ackLog
+	reads  atomic.Uint64 // GETs answered 200 or 404
+	writes atomic.Uint64 // PUTs acknowledged
+	probes sync.WaitGroup
+	conv   durations // probe convergence times
+
+	errors   atomic.Uint64
+	stale    atomic.Uint64
+	mu       sync.Mutex    // guards maxStale
+	maxStale time.Duration // largest lateness of a read of an older version
+}
+
+func newDriver(cfg config, out *printer, nodes []*nodeProc, cat *catalog, rs *redisServer) *driver {
+	return &driver{
+		cfg: cfg, out: out, nodes: nodes, cat: cat, redis: rs,
+		http: &http.Client{
+			// Above the longest a read may wait for a lease left behind by
+			// a Redis outage (LeaseTTL).
+			Timeout:   15 * time.Second,
+			Transport: &http.Transport{MaxIdleConnsPerHost: max(cfg.Burst, cfg.Readers) + 16},
+		},
+	}
+}
+
+// close releases the driver's idle connections.
+func (d *driver) close() { d.http.CloseIdleConnections() }
+
+// run runs the cold burst, then the load for cfg.Duration (with the live
+// table, and chaos if asked), then the final check, and returns the summary.
+// It returns early with ctx's error when ctx is done.
+func (d *driver) run(ctx context.Context) (summary, error) {
+	burst, err := d.coldBurst(ctx)
+	if err != nil {
+		return summary{}, err
+	}
+
+	d.out.printf("load: %d readers (Zipf s=%.1f over %d products, %d‰ absent ids), %.0f writes/s, for %v",
+		d.cfg.Readers, zipfS, d.cfg.Products, absentPermille, d.cfg.WriteRate, d.cfg.Duration)
+	loadCtx, cancel := context.WithTimeout(ctx, d.cfg.Duration)
+	defer cancel()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range d.cfg.Readers {
+		wg.Go(func() { d.reader(loadCtx) })
+	}
+	wg.Go(func() { d.writer(ctx, loadCtx.Done()) })
+	wg.Go(func() { d.monitor(loadCtx, start) })
+	if d.cfg.Chaos {
+		wg.Go(func() { d.chaos(loadCtx, d.cfg.Duration/2) })
+	}
+	wg.Wait()
+	d.probes.Wait()
+	elapsed := time.Since(start)
+	if err := ctx.Err(); err != nil {
+		return summary{}, err
+	}
+
+	if err := d.finalCheck(ctx); err != nil {
+		return summary{}, err
+	}
+	final := d.snapshot(ctx, "")
+	d.checkRecovered(final)
+	n, q := d.conv.quantiles(0.5, 0.99, 1)
+	d.out.printf("probe: %d writes acknowledged; %d (write, other node) pairs converged: p50 %s, p99 %s, max %s after the ack",
+		d.writes.Load(), n, ms(q[0]), ms(q[1]), ms(q[2]))
+	if !d.cfg.Quiet {
+		d.out.printf("")
+		d.out.printf("totals over %v:", elapsed.Round(time.Millisecond))
+		printTotals(d.out, d.nodes, final, elapsed)
+	}
+	s := d.summarize(final, burst)
+	d.out.printf("%s", s)
+	return s, nil
+}
+
+// coldBurst sends cfg.Burst concurrent GETs of one product through every
+// node at once, and returns how many times the fleet loaded it from the
+// database, as counted by the nodes' loaders.
+func (d *driver) coldBurst(ctx context.Context) (uint64, error) {
+	id := int64(d.cfg.Products) // the least popular product: nobody read it yet
+	key := strconv.FormatInt(id, 10)
+	before := d.snapshot(ctx, key)
+	if err := before.firstErr(); err != nil {
+		return 0, err
+	}
+	gate := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, n := range d.nodes {
+		for range d.cfg.Burst {
+			wg.Go(func() {
+				<-gate
+				d.read(ctx, n, id)
+			})
+		}
+	}
+	t0 := time.Now()
+	close(gate)
+	wg.Wait()
+	took := time.Since(t0)
+	after := d.snapshot(ctx, key)
+	if err := after.firstErr(); err != nil {
+		return 0, err
+	}
+	var loads, waits uint64
+	for i := range d.nodes {
+		loads += after.stats[i].KeyLoads - before.stats[i].KeyLoads
+		waits += after.stats[i].Cache.LeaseWaits - before.stats[i].Cache.LeaseWaits
+	}
+	d.out.printf("cold burst: %d concurrent GETs of product %d through %d nodes in %v: %d database load(s), %d lease wait(s)",
+		len(d.nodes)*d.cfg.Burst, id, len(d.nodes), took.Round(time.Millisecond), loads, waits)
+	return loads, nil
+}
+
+// reader reads Zipf-distributed products through random nodes until ctx is
+// done.
+func (d *driver) reader(ctx context.Context) {
+	r := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	z := rand.NewZipf(r, zipfS, 1, uint64(d.cfg.Products-1))
+	for ctx.Err() == nil {
+		id := int64(z.Uint64()) + 1
+		if r.IntN(1000) < absentPermille {
+			id = int64(d.cfg.Products + 1 + r.IntN(100))
+		}
+		d.read(ctx, d.nodes[r.IntN(len(d.nodes))], id)
+	}
+}
+
+// read GETs product id through n, checks the answer, and returns the
+// product (zero when absent or on error).
+func (d *driver) read(ctx context.Context, n *nodeProc, id int64) Product {
+	start := time.Now()
+	var p Product
+	status, err := d.do(ctx, n, http.MethodGet, "/products/"+strconv.FormatInt(id, 10), nil, &p)
+	switch {
+	case err != nil:
+		if ctx.Err() == nil {
+			d.fail("%s GET product %d: %v", n.name, id, err)
+		}
+		return Product{}
+	case status == http.StatusNotFound && id > int64(d.cfg.Products):
+		d.reads.Add(1)
+		return Product{}
+	case status != http.StatusOK || p.ID != id:
+		d.fail("%s GET product %d: status %d, id %d", n.name, id, status, p.ID)
+		return Product{}
+	}
+	d.reads.Add(1)
+	d.check(n, p, start)
+	return p
+}
+
+// check judges a read of p through n that started at start; it reports
+// whether the read was stale.
+func (d *driver) check(n *nodeProc, p Product, start time.Time) bool {
+	late, older := d.acks.lateness(p.ID, p.Version, start)
+	if !older || late <= 0 {
+		return false
+	}
+	d.mu.Lock()
+	d.maxStale = max(d.maxStale, late)
+	d.mu.Unlock()
+	if late <= d.cfg.Bound {
+		return false
+	}
+	if d.stale.Add(1) <= maxReported {
+		d.out.printf("STALE: %s returned version %d of product %d %s after a newer version was acknowledged",
+			n.name, p.Version, p.ID, ms(late))
+	}
+	return true
+}
+
+// writer changes the price of a Zipf-distributed product through a random
+// node, cfg.WriteRate times a second, until done is closed. Each write runs
+// to its end on ctx and starts a probe.
+func (d *driver) writer(ctx context.Context, done <-chan struct{}) {
+	r := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	z := rand.NewZipf(r, zipfS, 1, uint64(d.cfg.Products-1))
+	tick := time.NewTicker(time.Duration(float64(time.Second) / d.cfg.WriteRate))
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		d.write(ctx, d.nodes[r.IntN(len(d.nodes))], int64(z.Uint64())+1, 100+r.Int64N(10000))
+	}
+}
+
+// write PUTs a new price for product id through n and, once acknowledged,
+// logs the new version and probes the other nodes for it.
+func (d *driver) write(ctx context.Context, n *nodeProc, id, price int64) {
+	body, _ := json.Marshal(map[string]int64{"price": price})
+	var p Product
+	status, err := d.do(ctx, n, http.MethodPut, "/products/"+strconv.FormatInt(id, 10), body, &p)
+	ackAt := time.Now()
+	if err != nil || status != http.StatusOK {
+		if ctx.Err() == nil {
+			d.fail("%s PUT product %d: status %d, %v", n.name, id, status, err)
+		}
+		return
+	}
+	d.writes.Add(1)
+	d.acks.add(id, p.Version, ackAt)
+	d.probes.Go(func() { d.probe(ctx, n, p, ackAt) })
+}
+
+// probe reads want through every node but the writer, every probeInterval,
+// until each returns want's version or a newer one, and records how long
+// after the acknowledgment that read started.
+func (d *driver) probe(ctx context.Context, writer *nodeProc, want Product, ackAt time.Time) {
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, n := range d.nodes {
+		if n == writer {
+			continue
+		}
+		wg.Go(func() {
+			for {
+				start := time.Now()
+				p := d.read(ctx, n, want.ID)
+				if p.Version >= want.Version {
+					d.conv.add(max(start.Sub(ackAt), 0))
+					return
+				}
+				t := time.NewTimer(probeInterval)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// finalCheck waits until -bound has passed since the last acknowledgment,
+// then reads every written product through every node and compares it with
+// the database. A node answering an older version than the database is a
+// stale read, even if no acknowledgment said so (a write that failed after
+// its commit).
+func (d *driver) finalCheck(ctx context.Context) error {
+	ids, last := d.acks.written()
+	if wait := time.Until(last.Add(d.cfg.Bound)); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+	var extra uint64
+	for _, id := range ids {
+		want, err := d.cat.get(ctx, id)
+		if err != nil {
+			return fmt.Errorf("final check: %w", err)
+		}
+		for _, n := range d.nodes {
+			start := time.Now()
+			p := d.read(ctx, n, id)
+			if p.ID == 0 || p.Version >= want.Version || d.check(n, p, start) {
+				continue
+			}
+			extra++
+			if d.stale.Add(1) <= maxReported {
+				d.out.printf("STALE: %s returned version %d of product %d; the database has version %d",
+					n.name, p.Version, id, want.Version)
+			}
+		}
+	}
+	d.out.printf("final check: %d written products read through %d nodes; %d behind the database",
+		len(ids), len(d.nodes), extra)
+	return nil
+}
+
+// chaos waits until after, then cuts every Redis connection.
+func (d *driver) chaos(ctx context.Context, after time.Duration) {
+	t := time.NewTimer(after)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return
+	}
+	d.out.printf("--- chaos: dropping every connection to %s", d.redis)
+	if err := d.redis.dropConnections(ctx, chaosOutage); err != nil {
+		d.fail("chaos: %v", err)
+		return
+	}
+	d.out.printf("--- chaos: %s is accepting connections again", d.redis)
+}
+
+// checkRecovered fails the run if any node's bus is down at the end.
+func (d *driver) checkRecovered(final snapshot) {
+	for i, n := range d.nodes {
+		if final.errs[i] == nil && !final.stats[i].BusHealthy {
+			d.fail("%s: invalidation bus still unhealthy at the end", n.name)
+		}
+	}
+}
+
+// fail counts an error and prints the first few.
+func (d *driver) fail(format string, args ...any) {
+	if d.errors.Add(1) <= maxReported {
+		d.out.printf("ERROR: "+format, args...)
+	}
+}
+
+// do sends one request to n and decodes a 200 answer's JSON into v.
+func (d *driver) do(ctx context.Context, n *nodeProc, method, path string, body []byte, v any) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+n.addr+path, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	resp, err := d.http.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		if resp.StatusCode >= 500 {
+			return resp.StatusCode, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(msg))
+		}
+		return resp.StatusCode, nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return resp.StatusCode, fmt.Errorf("decoding answer: %w", err)
+	}
+	return resp.StatusCode, nil
+}
+
+// snapshot is every node's /stats at one time.
+type snapshot struct {
+	at    time.Time
+	stats []nodeStats
+	errs  []error
+}
+
+func (s snapshot) firstErr() error {
+	return errors.Join(s.errs...)
+}
+
+// snapshot fetches every node's /stats (with ?key=key when key is not
+// empty) in parallel.
+func (d *driver) snapshot(ctx context.Context, key string) snapshot {
+	s := snapshot{stats: make([]nodeStats, len(d.nodes)), errs: make([]error, len(d.nodes))}
+	path := "/stats"
+	if key != "" {
+		path += "?key=" + key
+	}
+	var wg sync.WaitGroup
+	for i, n := range d.nodes {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			status, err := d.do(ctx, n, http.MethodGet, path, nil, &s.stats[i])
+			if err == nil && status != http.StatusOK {
+				err = fmt.Errorf("status %d", status)
+			}
+			if err != nil {
+				s.errs[i] = fmt.Errorf("%s /stats: %w", n.name, err)
+			}
+		})
+	}
+	wg.Wait()
+	s.at = time.Now()
+	return s
+}
+
+func ms(d time.Duration) string {
+	return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
+}

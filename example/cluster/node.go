@@ -1,0 +1,366 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/pubsub"
+	"github.com/tieredcache/tiered/tiered"
+)
+
+// The parent tells a re-executed binary that it is a node, and how to set
+// itself up, through these environment variables; a node takes no flags.
+const (
+	envNode      = "TIERED_EXAMPLE_NODE"      // the node's name; its presence makes the process a node
+	envRedis     = "TIERED_EXAMPLE_REDIS"     // host:port of Redis
+	envDB        = "TIERED_EXAMPLE_DB"        // path of the SQLite file
+	envNamespace = "TIERED_EXAMPLE_NAMESPACE" // cache namespace; also names the bus channel
+)
+
+// Cache settings of every node. The TTLs are short so that Redis entries
+// really expire during a run; the lease outlives a SQLite read by far.
+const (
+	cacheTTL         = 10 * time.Second
+	negativeTTL      = 5 * time.Second
+	leaseTTL         = 2 * time.Second
+	loadTimeout      = time.Second
+	invalidateWithin = 10 * time.Second // how long a PUT keeps retrying its Delete
+)
+
+// nodeConfig is what a node reads from its environment.
+type nodeConfig struct {
+	Name      string
+	RedisAddr string
+	DBPath    string
+	Namespace string
+}
+
+func nodeConfigFromEnv() nodeConfig {
+	return nodeConfig{
+		Name:      os.Getenv(envNode),
+		RedisAddr: os.Getenv(envRedis),
+		DBPath:    os.Getenv(envDB),
+		Namespace: os.Getenv(envNamespace),
+	}
+}
+
+func (nc nodeConfig) environ() []string {
+	return []string{
+		envNode + "=" + nc.Name,
+		envRedis + "=" + nc.RedisAddr,
+		envDB + "=" + nc.DBPath,
+		envNamespace + "=" + nc.Namespace,
+	}
+}
+
+// nodeMain is main for a node process. The node serves until SIGINT or
+// SIGTERM, or until its standard input, a pipe from the parent, reaches EOF:
+// the parent closed it, or died.
+func nodeMain() int {
+	nc := nodeConfigFromEnv()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	if err := serveNode(ctx, nc, os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", nc.Name, err)
+		return 1
+	}
+	return 0
+}
+
+// serveNode sets up the node's cache, serves its HTTP API on a free loopback
+// port, writes "listening host:port" to ready once it can take requests,
+// and returns when ctx is done, after shutting everything down.
+func serveNode(ctx context.Context, nc nodeConfig, ready io.Writer) error {
+	cat, err := openCatalog(nc.DBPath)
+	if err != nil {
+		return err
+	}
+	defer cat.Close()
+
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).
+		With("node", nc.Name)
+	// Fail fast while Redis is down, so that reads fall through to the
+	// database at once instead of spending the cache's OpTimeout on dial
+	// retries; one immediate command retry replaces a pooled connection
+	// that a Redis restart broke.
+	redis.SetLogger(quietRedisLog{})
+	rdb := redis.NewClient(&redis.Options{
+		Addr:          nc.RedisAddr,
+		DialTimeout:   200 * time.Millisecond,
+		DialerRetries:   1,
+		MaxRetries:      1,
+		MinRetryBackoff: -1,
+	})
+	defer rdb.Close()
+	// One bus per process, shared by every cache of the process (here one).
+	bus, err := pubsub.New(rdb, &pubsub.Options{
+		Channel: nc.Namespace + ":bus",
+		NodeID:  nc.Name,
+		Logger:  logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer bus.Close()
+	cache, err := tiered.New[Product](rdb, &tiered.Options{
+		Namespace:   nc.Namespace,
+		TTL:         cacheTTL,
+		NegativeTTL: negativeTTL,
+		LeaseTTL:    leaseTTL,
+		LoadTimeout: loadTimeout,
+		Bus:         bus,
+		Logger:      logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer cache.Close()
+
+	// Until the bus is subscribed the cache bypasses L1; wait for it so that
+	// the first requests see the cache as it normally runs.
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	err = bus.WaitHealthy(wctx)
+	wcancel()
+	if err != nil {
+		return fmt.Errorf("invalidation bus: %w", err)
+	}
+
+	n := &node{name: nc.Name, cat: cat, cache: cache, bus: bus}
+	n.loader = tiered.LoaderFunc[Product](n.load)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: n.routes(), ReadHeaderTimeout: 5 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	fmt.Fprintf(ready, "listening %s\n", ln.Addr())
+
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		return err
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer scancel()
+	err = srv.Shutdown(sctx)
+	<-served
+	return err
+}
+
+// node is the HTTP API of one node over its cache and the database.
+type node struct {
+	name   string
+	cat    *catalog
+	cache  *tiered.Cache[Product]
+	bus    *pubsub.Bus
+	loader tiered.Loader[Product]
+
+	requests      atomic.Uint64 // product requests served, GET and PUT
+	gets          atomic.Uint64 // GET /products/{id}
+	puts          atomic.Uint64 // PUT /products/{id}
+	serverErrors  atomic.Uint64 // 5xx answers
+	deleteRetries atomic.Uint64 // cache.Delete calls retried after a Redis failure
+
+	keyLoads sync.Map // loader calls by key: string → *atomic.Uint64
+}
+
+// nodeStats is the body of GET /stats.
+type nodeStats struct {
+	Node          string       `json:"node"`
+	PID           int          `json:"pid"`
+	Requests      uint64       `json:"requests"`
+	Gets          uint64       `json:"gets"`
+	Puts          uint64       `json:"puts"`
+	ServerErrors  uint64       `json:"server_errors"`
+	DeleteRetries uint64       `json:"delete_retries"`
+	BusHealthy    bool         `json:"bus_healthy"`
+	Cache         tiered.Stats `json:"cache"`
+	Bus           pubsub.Stats `json:"bus"`
+	Key           string       `json:"key,omitempty"`       // with ?key=
+	KeyLoads      uint64       `json:"key_loads,omitempty"` // loader calls for Key
+}
+
+func (n *node) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /products/{id}", n.getProduct)
+	mux.HandleFunc("PUT /products/{id}", n.putProduct)
+	mux.HandleFunc("GET /stats", n.stats)
+	return mux
+}
+
+// load is the cache's loader: one read of the database.
+func (n *node) load(ctx context.Context, key string) (Product, error) {
+	n.countLoad(key)
+	id, err := strconv.ParseInt(key, 10, 64)
+	if err != nil {
+		return Product{}, fmt.Errorf("bad key %q: %w", key, tiered.ErrNotFound)
+	}
+	p, err := n.cat.get(ctx, id)
+	if errors.Is(err, errNoProduct) {
+		return Product{}, fmt.Errorf("product %d: %w", id, tiered.ErrNotFound)
+	}
+	return p, err
+}
+
+func (n *node) countLoad(key string) {
+	c, ok := n.keyLoads.Load(key)
+	if !ok {
+		c, _ = n.keyLoads.LoadOrStore(key, new(atomic.Uint64))
+	}
+	c.(*atomic.Uint64).Add(1)
+}
+
+// productID parses the {id} of the path; it answers 400 itself when it is
+// not a positive integer.
+func productID(w http.ResponseWriter, r *http.Request) (int64, bool) {
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		http.Error(w, "bad product id", http.StatusBadRequest)
+		return 0, false
+	}
+	return id, true
+}
+
+// getProduct answers GET /products/{id} from the cache, which loads from
+// the database on a miss. A missing product is a 404, and is cached too.
+func (n *node) getProduct(w http.ResponseWriter, r *http.Request) {
+	n.requests.Add(1)
+	n.gets.Add(1)
+	id, ok := productID(w, r)
+	if !ok {
+		return
+	}
+	p, err := n.cache.GetOrLoad(r.Context(), strconv.FormatInt(id, 10), n.loader)
+	switch {
+	case errors.Is(err, tiered.ErrNotFound):
+		http.Error(w, "no such product", http.StatusNotFound)
+	case err != nil:
+		n.fail(w, err)
+	default:
+		writeJSON(w, p)
+	}
+}
+
+// putProduct answers PUT /products/{id} with a body {"price": cents}: it
+// updates the row in a transaction, bumping its version, and only after the
+// commit deletes the key from the cache everywhere. It answers with the row
+// as committed once the delete succeeded.
+func (n *node) putProduct(w http.ResponseWriter, r *http.Request) {
+	n.requests.Add(1)
+	n.puts.Add(1)
+	id, ok := productID(w, r)
+	if !ok {
+		return
+	}
+	var body struct {
+		Price int64 `json:"price"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<10)).Decode(&body); err != nil || body.Price <= 0 {
+		http.Error(w, `body must be {"price": <positive cents>}`, http.StatusBadRequest)
+		return
+	}
+	p, err := n.cat.setPrice(r.Context(), id, body.Price)
+	if errors.Is(err, errNoProduct) {
+		http.Error(w, "no such product", http.StatusNotFound)
+		return
+	}
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	// The row has changed. The write is acknowledged only once the key is
+	// deleted from Redis and the invalidation published: before that, other
+	// nodes may serve the old version for as long as the TTL.
+	if err := n.invalidate(r.Context(), strconv.FormatInt(id, 10)); err != nil {
+		n.fail(w, fmt.Errorf("committed version %d but could not invalidate the cache: %w", p.Version, err))
+		return
+	}
+	writeJSON(w, p)
+}
+
+// invalidate deletes key from the cache, retrying while Redis is
+// unavailable. It runs on a context that the client's disconnect does not
+// cancel: a committed change must be invalidated whoever waits for it.
+func (n *node) invalidate(ctx context.Context, key string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), invalidateWithin)
+	defer cancel()
+	backoff := 10 * time.Millisecond
+	for {
+		err := n.cache.Delete(ctx, key)
+		if err == nil || !errors.Is(err, tiered.ErrUnavailable) {
+			return err
+		}
+		n.deleteRetries.Add(1)
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+		backoff = min(2*backoff, 250*time.Millisecond)
+	}
+}
+
+// stats answers GET /stats[?key=K] with the node's counters; with key, also
+// the number of loader calls for that key.
+func (n *node) stats(w http.ResponseWriter, r *http.Request) {
+	s := nodeStats{
+		Node:          n.name,
+		PID:           os.Getpid(),
+		Requests:      n.requests.Load(),
+		Gets:          n.gets.Load(),
+		Puts:          n.puts.Load(),
+		ServerErrors:  n.serverErrors.Load(),
+		DeleteRetries: n.deleteRetries.Load(),
+		BusHealthy:    n.bus.Healthy(),
+		Cache:         n.cache.Stats(),
+		Bus:           n.bus.Stats(),
+	}
+	if key := r.URL.Query().Get("key"); key != "" {
+		s.Key = key
+		if c, ok := n.keyLoads.Load(key); ok {
+			s.KeyLoads = c.(*atomic.Uint64).Load()
+		}
+	}
+	writeJSON(w, s)
+}
+
+func (n *node) fail(w http.ResponseWriter, err error) {
+	n.serverErrors.Add(1)
+	http.Error(w, err.Error(), http.StatusInternalServerError)
+}
+
+// quietRedisLog drops go-redis's own log lines (one per failed dial while
+// Redis is down): the cache reports Redis failures through its Logger,
+// rate-limited.
+type quietRedisLog struct{}
+
+func (quietRedisLog) Printf(context.Context, string, ...any) {}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+const (
+	nodeStartTimeout = 30 * time.Second
+	nodeStopTimeout  = 5 * time.Second
+)
+
+// nodeProc is a running node process.
+type nodeProc struct {
+	name  string
+	addr  string // host:port of its HTTP API, once listening
+	cmd   *exec.Cmd
+	stdin io.WriteCloser // closing it tells the node to exit
+	first chan string    // the first line of its standard output; closed at EOF
+
+	exited  chan struct{} // closed once the process has exited
+	waitErr error         // the result of cmd.Wait, set before exited is closed
+}
+
+// startNodes starts n node processes running exe and waits until each has
+// reported its address. On error it stops those already started.
+func startNodes(ctx context.Context, exe string, n int, base nodeConfig, stderr io.Writer) ([]*nodeProc, error) {
+	var nodes []*nodeProc
+	for i := 1; i <= n; i++ {
+		nc := base
+		nc.Name = fmt.Sprintf("node%d", i)
+		p, err := startNode(exe, nc, stderr)
+		if err != nil {
+			stopNodes(nodes)
+			return nil, err
+		}
+		nodes = append(nodes, p)
+	}
+	for _, p := range nodes {
+		if err := p.waitListening(ctx); err != nil {
+			stopNodes(nodes)
+			return nil, err
+		}
+	}
+	return nodes, nil
+}
+
+// startNode starts exe as the node nc, with its standard input a pipe from
+// this process and its standard output read for the "listening" line.
+func startNode(exe string, nc nodeConfig, stderr io.Writer) (*nodeProc, error) {
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), nc.environ()...)
+	cmd.Stderr = stderr
+	cmd.SysProcAttr = nodeSysProcAttr()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", nc.Name, err)
+	}
+	p := &nodeProc{
+		name: nc.Name, cmd: cmd, stdin: stdin,
+		first: make(chan string, 1), exited: make(chan struct{}),
+	}
+	go func() {
+		// Read stdout to its end, the process's exit, before calling Wait,
+		// as StdoutPipe requires.
+		sc := bufio.NewScanner(stdout)
+		if sc.Scan() {
+			p.first <- sc.Text()
+		}
+		close(p.first)
+		_, _ = io.Copy(io.Discard, stdout)
+		p.waitErr = cmd.Wait()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// waitListening waits for the node's "listening host:port" line.
+func (p *nodeProc) waitListening(ctx context.Context) error {
+	timer := time.NewTimer(nodeStartTimeout)
+	defer timer.Stop()
+	select {
+	case line, ok := <-p.first:
+		if !ok {
+			<-p.exited
+			return fmt.Errorf("%s exited before listening (%v); its stderr says why", p.name, p.waitErr)
+		}
+		addr, found := strings.CutPrefix(line, "listening ")
+		if !found {
+			return fmt.Errorf("%s: unexpected first line %q", p.name, line)
+		}
+		p.addr = addr
+		return nil
+	case <-timer.C:
+		return fmt.Errorf("%s did not report its address within %v", p.name, nodeStartTimeout)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// stop asks the node to exit by closing its standard input, and kills it if
+// it has not within nodeStopTimeout. It returns once the process is gone.
+func (p *nodeProc) stop() {
+	_ = p.stdin.Close()
+	timer := time.NewTimer(nodeStopTimeout)
+	defer timer.Stop()
+	select {
+	case <-p.exited:
+	case <-timer.C:
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// alive reports whether the process is still running.
+func (p *nodeProc) alive() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// stopNodes stops every node, all at once.
+func stopNodes(nodes []*nodeProc) {
+	done := make(chan struct{})
+	for _, p := range nodes {
+		go func() {
+			p.stop()
+			done <- struct{}{}
+		}()
+	}
+	for range nodes {
+		<-done
+	}
+}

@@ -1,0 +1,860 @@
+// Command benchfleet measures a fleet of tiered caches against one real
+// redis-server: how many times a cold key is loaded when every node
+// stampedes it, and how long an invalidation takes to reach the other nodes.
+//
+// It starts its own redis-server (package redistest) and stops it before
+// exiting, creates -nodes independent nodes (each its own go-redis client,
+// pubsub.Bus and tiered.Cache; they share nothing but the server) and prints
+// one line of key=value pairs per workload on stdout:
+//
+//	workload=stampede nodes=3 callers=300 keys=20 loader_ms=50 loads_per_key_mean=… loads_per_key_max=… follower_p50_ms=… follower_p99_ms=…
+//	workload=invalidate nodes=3 trials=200 p50_ms=… p99_ms=… max_ms=… stale_after_2s=… ryw_stale=… publish_p99_ms=…
+//
+// Progress, diagnostics and the comparison with the targets go to stderr.
+// Every figure is measured; none is clamped. The exit status is non-zero when
+// the run failed (an error, or a node that never saw an invalidation).
+//
+// Usage:
+//
+//	go run ./internal/cmd/benchfleet [-nodes 3] [-trials 200] [-keys 20] [-callers 100] [-loader 50ms] [-poll 1ms] [-spin]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"maps"
+	"math"
+	"os"
+	"os/signal"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/redistest"
+	"github.com/tieredcache/tiered/pubsub"
+	"github.com/tieredcache/tiered/tiered"
+)
+
+// config holds the command-line flags.
+type config struct {
+	nodes   int
+	trials  int
+	keys    int
+	callers int           // per node
+	loader  time.Duration // stampede loader duration
+	poll    time.Duration // longest pause between an invalidate reader's reads
+	spin    bool          // invalidate readers spin instead of pausing
+}
+
+func main() {
+	var cfg config
+	flag.IntVar(&cfg.nodes, "nodes", 3, "number of independent nodes (≥ 2)")
+	flag.IntVar(&cfg.trials, "trials", 200, "invalidation trials")
+	flag.IntVar(&cfg.keys, "keys", 20, "cold keys in the stampede workload")
+	flag.IntVar(&cfg.callers, "callers", 100, "concurrent callers per node and key in the stampede workload")
+	flag.DurationVar(&cfg.loader, "loader", 50*time.Millisecond, "duration of the stampede loader")
+	flag.DurationVar(&cfg.poll, "poll", time.Millisecond, "longest pause between an invalidate reader's reads; it ends early when the reader's bus delivers the invalidation")
+	flag.BoolVar(&cfg.spin, "spin", false, "invalidate readers spin (yielding with runtime.Gosched) instead of pausing; on few cores this starves redis-server and the buses")
+	flag.Parse()
+	if err := cfg.validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "benchfleet:", err)
+		flag.Usage()
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	err := run(ctx, cfg)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchfleet:", err)
+		os.Exit(1)
+	}
+}
+
+func (c config) validate() error {
+	switch {
+	case c.nodes < 2:
+		return errors.New("-nodes must be at least 2: the invalidate workload needs a writer and a reader")
+	case c.trials < 1 || c.keys < 1 || c.callers < 1:
+		return errors.New("-trials, -keys and -callers must be positive")
+	case c.loader <= 0:
+		return errors.New("-loader must be positive")
+	case c.poll <= 0:
+		return errors.New("-poll must be positive")
+	}
+	return nil
+}
+
+// Item is the cached value type.
+type Item struct {
+	Key     string `json:"key"`
+	Version int64  `json:"version"`
+}
+
+// node is one member of the fleet. Nodes share nothing but the Redis server.
+type node struct {
+	id         int
+	rdb        *redis.Client
+	bus        *pubsub.Bus
+	cache      *tiered.Cache[Item]
+	arr        *arrivals
+	unregister func()
+}
+
+// arrivals is a second handler on a node's bus for the cache's namespace,
+// beside the cache's own: it records when the bus delivered the first
+// invalidation of each key, for the diagnostics.
+//
+// It also lets a reader sleep until then instead of spinning: see
+// invalidate.
+type arrivals struct {
+	mu      sync.Mutex // guards at and watches
+	at      map[string]time.Time
+	watches map[string]chan struct{} // closed at the key's first invalidation
+}
+
+func newArrivals() *arrivals {
+	return &arrivals{at: map[string]time.Time{}, watches: map[string]chan struct{}{}}
+}
+
+func (a *arrivals) Invalidate(keys []string) {
+	now := time.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, k := range keys {
+		if _, ok := a.at[k]; ok {
+			continue
+		}
+		a.at[k] = now
+		if ch, ok := a.watches[k]; ok {
+			close(ch)
+			delete(a.watches, k)
+		}
+	}
+}
+
+// watch returns a channel closed when the bus delivers an invalidation of
+// key; call it before the invalidation may happen.
+func (a *arrivals) watch(key string) <-chan struct{} {
+	ch := make(chan struct{})
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.watches[key] = ch
+	return ch
+}
+
+func (a *arrivals) Wake([]string) {}
+func (a *arrivals) Reset()        {}
+
+// take returns and forgets the arrival time of key's invalidation.
+func (a *arrivals) take(key string) (time.Time, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t, ok := a.at[key]
+	delete(a.at, key)
+	delete(a.watches, key)
+	return t, ok
+}
+
+func (n *node) close() {
+	if n.unregister != nil {
+		n.unregister()
+	}
+	if n.cache != nil {
+		n.cache.Close()
+	}
+	if n.bus != nil {
+		n.bus.Close()
+	}
+	n.rdb.Close()
+}
+
+const namespace = "bench"
+
+func newClient(addr string) *redis.Client {
+	return redis.NewClient(&redis.Options{Addr: addr, DialTimeout: time.Second})
+}
+
+func newNode(ctx context.Context, id int, addr string, cfg config) (*node, error) {
+	n := &node{id: id, rdb: newClient(addr), arr: newArrivals()}
+	var err error
+	if n.bus, err = pubsub.New(n.rdb, nil); err != nil {
+		n.close()
+		return nil, err
+	}
+	n.unregister = n.bus.Register(namespace, n.arr)
+	n.cache, err = tiered.New[Item](n.rdb, &tiered.Options{
+		Namespace: namespace,
+		TTL:       time.Minute,
+		// The lease must outlive the load, or a second node loads too
+		// (see Options.LeaseTTL); likewise the load timeout.
+		LeaseTTL:    max(2*time.Second, 4*cfg.loader),
+		LoadTimeout: max(tiered.DefaultLoadTimeout, 4*cfg.loader),
+		Bus:         n.bus,
+	})
+	if err != nil {
+		n.close()
+		return nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := n.bus.WaitHealthy(wctx); err != nil {
+		n.close()
+		return nil, fmt.Errorf("node %d: bus never became healthy: %w", id, err)
+	}
+	return n, nil
+}
+
+func run(ctx context.Context, cfg config) error {
+	srv, err := redistest.StartProcess()
+	if err != nil {
+		return fmt.Errorf("starting redis-server: %w", err)
+	}
+	defer srv.Stop()
+	fmt.Fprintf(os.Stderr, "benchfleet: redis-server on %s, GOMAXPROCS=%d\n", srv.Addr, runtime.GOMAXPROCS(0))
+
+	nodes := make([]*node, 0, cfg.nodes)
+	defer func() {
+		for _, n := range nodes {
+			n.close()
+		}
+	}()
+	for i := range cfg.nodes {
+		n, err := newNode(ctx, i, srv.Addr, cfg)
+		if err != nil {
+			return err
+		}
+		nodes = append(nodes, n)
+	}
+
+	st, err := stampede(ctx, cfg, nodes)
+	if err != nil {
+		return fmt.Errorf("stampede: %w", err)
+	}
+	fmt.Printf("workload=stampede nodes=%d callers=%d keys=%d loader_ms=%s loads_per_key_mean=%.2f loads_per_key_max=%d follower_p50_ms=%.2f follower_p99_ms=%.2f\n",
+		cfg.nodes, cfg.nodes*cfg.callers, cfg.keys, strconv.FormatFloat(msf(cfg.loader), 'f', -1, 64),
+		st.loadsMean, st.loadsMax, msf(st.followerP50), msf(st.followerP99))
+
+	inv, err := invalidate(ctx, cfg, nodes, srv.Addr)
+	if err != nil {
+		return fmt.Errorf("invalidate: %w", err)
+	}
+	fmt.Printf("workload=invalidate nodes=%d trials=%d p50_ms=%.2f p99_ms=%.2f max_ms=%.2f stale_after_2s=%d ryw_stale=%d publish_p99_ms=%.2f\n",
+		cfg.nodes, cfg.trials, msf(inv.p50), msf(inv.p99), msf(inv.max), inv.staleAfter2s, inv.rywStale, msf(inv.publishP99))
+
+	report(cfg, st, inv, nodes)
+	if inv.unconverged > 0 {
+		return fmt.Errorf("invalidate: %d reads never saw the new version within %v", inv.unconverged, convergeLimit)
+	}
+	return nil
+}
+
+// report compares the figures with the targets, on stderr.
+func report(cfg config, st stampedeResult, inv invalidateResult, nodes []*node) {
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "MISSED"
+	}
+	fmt.Fprintf(os.Stderr, "benchfleet: stampede: loads_per_key_max=%d (target 1): %s\n",
+		st.loadsMax, verdict(st.loadsMax == 1))
+	lim := cfg.loader + 5*time.Millisecond
+	fmt.Fprintf(os.Stderr, "benchfleet: stampede: follower_p99=%.2fms (target ≤ loader+5ms = %.2fms): %s; follower max=%.2fms, leader p50=%.2fms\n",
+		msf(st.followerP99), msf(lim), verdict(st.followerP99 <= lim), msf(st.followerMax), msf(st.leaderP50))
+	budget := 2*inv.publishP99 + inv.rttP99
+	fmt.Fprintf(os.Stderr, "benchfleet: invalidate: p99=%.2fms (target ≤ 2×publish_p99 + reload = 2×%.2f + %.2f = %.2fms, reload = Redis PING p99 + a loader that does not sleep): %s\n",
+		msf(inv.p99), msf(inv.publishP99), msf(inv.rttP99), msf(budget), verdict(inv.p99 <= budget))
+	fmt.Fprintf(os.Stderr, "benchfleet: invalidate: stale_after_2s=%d ryw_stale=%d (targets 0): %s; publish p50=%.2fms max=%.2fms; flip-backs after convergence=%d\n",
+		inv.staleAfter2s, inv.rywStale, verdict(inv.staleAfter2s == 0 && inv.rywStale == 0),
+		msf(inv.publishP50), msf(inv.publishMax), inv.flipBacks)
+	for _, n := range nodes {
+		s, b := n.cache.Stats(), n.bus.Stats()
+		fmt.Fprintf(os.Stderr, "benchfleet: node %d: cache %+v bus %+v\n", n.id, s, b)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// stampede
+
+type stampedeResult struct {
+	loadsMean                float64
+	loadsMax                 int64
+	followerP50, followerP99 time.Duration
+	followerMax              time.Duration
+	leaderP50                time.Duration
+}
+
+// callerKey is the context key of a caller's ID. The loader runs on a
+// context that keeps the values of the context of the caller that started
+// the flight (see tiered.Loader), so it can tell which caller led the load.
+type callerKey struct{}
+
+// stampede runs, one key after another, nodes × callers goroutines released
+// together on a cold key, all calling GetOrLoad with a loader that sleeps
+// cfg.loader.
+//
+// Follower latency: the leader of a key is the caller whose flight ran the
+// loader (the loader reads its ID from its context). Every other caller, on
+// every node, is a follower: the callers that joined the leader's flight on
+// the same node, and those on the other nodes whose flights waited for the
+// lease. A caller's latency runs from the moment its goroutine passed the
+// start barrier to GetOrLoad's return.
+func stampede(ctx context.Context, cfg config, nodes []*node) (stampedeResult, error) {
+	var (
+		follower, leader []time.Duration
+		sameNode, other  []time.Duration // followers on the leader's node, and on the others
+		loadsMax         int64
+		loadsSum         int64
+	)
+	for k := range cfg.keys {
+		key := fmt.Sprintf("stampede-%d", k)
+		var (
+			loads   atomic.Int64
+			mu      sync.Mutex
+			leaders = map[int]bool{} // caller IDs whose flight ran the loader
+		)
+		loader := tiered.LoaderFunc[Item](func(lctx context.Context, key string) (Item, error) {
+			loads.Add(1)
+			id, ok := lctx.Value(callerKey{}).(int)
+			if !ok {
+				return Item{}, errors.New("loader context lacks the caller ID")
+			}
+			mu.Lock()
+			leaders[id] = true
+			mu.Unlock()
+			t := time.NewTimer(cfg.loader)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-lctx.Done():
+				return Item{}, lctx.Err()
+			}
+			return Item{Key: key, Version: 1}, nil
+		})
+
+		total := len(nodes) * cfg.callers
+		lat := make([]time.Duration, total)
+		errs := make([]error, total)
+		start := make(chan struct{})
+		var ready, done sync.WaitGroup
+		for _, n := range nodes {
+			for g := range cfg.callers {
+				id := n.id*cfg.callers + g
+				cctx := context.WithValue(ctx, callerKey{}, id)
+				ready.Add(1)
+				done.Add(1)
+				go func() {
+					defer done.Done()
+					ready.Done()
+					<-start
+					t0 := time.Now()
+					v, err := n.cache.GetOrLoad(cctx, key, loader)
+					lat[id] = time.Since(t0)
+					if err == nil && (v.Key != key || v.Version != 1) {
+						err = fmt.Errorf("node %d got %+v for %s", n.id, v, key)
+					}
+					errs[id] = err
+				}()
+			}
+		}
+		ready.Wait()
+		close(start)
+		done.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return stampedeResult{}, err
+		}
+		leaderNodes := map[int]bool{}
+		for id := range leaders {
+			leaderNodes[id/cfg.callers] = true
+		}
+		for id, d := range lat {
+			switch {
+			case leaders[id]:
+				leader = append(leader, d)
+			case leaderNodes[id/cfg.callers]:
+				follower = append(follower, d)
+				sameNode = append(sameNode, d)
+			default:
+				follower = append(follower, d)
+				other = append(other, d)
+			}
+		}
+		n := loads.Load()
+		loadsSum += n
+		loadsMax = max(loadsMax, n)
+		if n != 1 {
+			fmt.Fprintf(os.Stderr, "benchfleet: stampede: key %s loaded %d times\n", key, n)
+		}
+	}
+	slices.Sort(follower)
+	slices.Sort(leader)
+	slices.Sort(sameNode)
+	slices.Sort(other)
+	fmt.Fprintf(os.Stderr, "benchfleet: stampede: %d follower and %d leader samples; followers on the leader's node p50=%.2fms p99=%.2fms, on other nodes p50=%.2fms p99=%.2fms max=%.2fms\n",
+		len(follower), len(leader), msf(pct(sameNode, 0.5)), msf(pct(sameNode, 0.99)), msf(pct(other, 0.5)), msf(pct(other, 0.99)), msf(pct(other, 1)))
+	return stampedeResult{
+		loadsMean:   float64(loadsSum) / float64(cfg.keys),
+		loadsMax:    loadsMax,
+		followerP50: pct(follower, 0.50),
+		followerP99: pct(follower, 0.99),
+		followerMax: pct(follower, 1),
+		leaderP50:   pct(leader, 0.50),
+	}, nil
+}
+
+// ---------------------------------------------------------------------------
+// invalidate
+
+// convergeLimit bounds how long a reader polls for the new version before
+// the trial counts it as never converged (a failure of the run).
+const convergeLimit = 10 * time.Second
+
+// staleWindow: a read of the old version later than this after the Delete is
+// counted in stale_after_2s.
+const staleWindow = 2 * time.Second
+
+// source is the source of truth: a version per key.
+type source struct {
+	mu       sync.Mutex // guards versions
+	versions map[string]int64
+}
+
+func (s *source) get(key string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.versions[key]
+}
+
+func (s *source) set(key string, v int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.versions[key] = v
+}
+
+// bump increments key's version and returns the new one.
+func (s *source) bump(key string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.versions[key]++
+	return s.versions[key]
+}
+
+// Load reads the source; it does not sleep.
+func (s *source) Load(_ context.Context, key string) (Item, error) {
+	v := s.get(key)
+	if v == 0 {
+		return Item{}, tiered.ErrNotFound
+	}
+	return Item{Key: key, Version: v}, nil
+}
+
+type invalidateResult struct {
+	p50, p99, max          time.Duration
+	staleAfter2s           int64
+	rywStale               int
+	flipBacks              int64
+	unconverged            int
+	publishP50, publishP99 time.Duration
+	publishMax             time.Duration
+	rttP99                 time.Duration
+}
+
+// invalidate runs cfg.trials trials. In each, on a fresh key, every node
+// holds the key in L1; node A (rotating) bumps the source version and calls
+// Delete; A reads the key at once (read-your-writes), while every other node
+// polls GetOrLoad until it returns the new version. The latency of a reader
+// runs from Delete's return to the read that returned the new version.
+//
+// Between trials, on separate clients, it measures a raw PUBLISH → receive
+// latency and a PING round trip, so that the baseline is taken in the same
+// run and under the same conditions.
+//
+// After the last trial it waits until staleWindow has passed since the last
+// Delete and reads every trial key on every node once more: any old version
+// then is counted in stale_after_2s too (a late stale fill of L1 or Redis).
+func invalidate(ctx context.Context, cfg config, nodes []*node, addr string) (invalidateResult, error) {
+	src := &source{versions: map[string]int64{}}
+	probe, err := newPublishProbe(ctx, addr)
+	if err != nil {
+		return invalidateResult{}, err
+	}
+	defer probe.close()
+
+	var (
+		res                     invalidateResult
+		lat, pubLat, rtt        []time.Duration
+		staleAfter2s, flipBacks atomic.Int64
+		lastDelete              time.Time
+		keys                    []string
+		warmTime                time.Duration
+		byPath                  = map[string][]time.Duration{}
+		delivery                []time.Duration                // Delete returned → reader's bus handled the invalidation
+		afterDelivery           = map[string][]time.Duration{} // handled → reader converged, by path
+	)
+	for trial := range cfg.trials {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		key := fmt.Sprintf("inv-%d", trial)
+		keys = append(keys, key)
+		src.set(key, 1)
+		w0 := time.Now()
+		for _, n := range nodes {
+			if err := warmL1(ctx, n, key, src); err != nil {
+				return res, err
+			}
+		}
+		warmTime += time.Since(w0)
+
+		a := nodes[trial%len(nodes)]
+		readers := make([]*node, 0, len(nodes)-1)
+		for _, n := range nodes {
+			if n != a {
+				readers = append(readers, n)
+			}
+		}
+		// tctx stops the readers early when the trial fails.
+		tctx, tcancel := context.WithCancel(ctx)
+		var (
+			t0    time.Time // Delete returned; written before go is closed
+			newV  int64
+			goCh  = make(chan struct{})
+			wg    sync.WaitGroup
+			rlat  = make([]time.Duration, len(readers))
+			rok   = make([]bool, len(readers))
+			rpath = make([]string, len(readers))
+			rerr  = make([]error, len(readers))
+			ready sync.WaitGroup
+		)
+		for i, r := range readers {
+			wg.Add(1)
+			ready.Add(1)
+			go func() {
+				defer wg.Done()
+				// Only this goroutine uses r during the trial, so the
+				// deltas of r's counters tell which path the reload took.
+				s0 := r.cache.Stats()
+				delivered := r.arr.watch(key)
+				ready.Done()
+				<-goCh
+				for {
+					v, err := r.cache.GetOrLoad(tctx, key, src)
+					now := time.Now()
+					if err != nil {
+						rerr[i] = fmt.Errorf("node %d: %w", r.id, err)
+						return
+					}
+					since := now.Sub(t0)
+					if v.Version >= newV {
+						rlat[i], rok[i] = since, true
+						rpath[i] = reloadPath(s0, r.cache.Stats())
+						break
+					}
+					if since > staleWindow {
+						staleAfter2s.Add(1)
+					}
+					if since > convergeLimit {
+						return
+					}
+					pause(cfg, delivered)
+				}
+				// Once converged, a reader must not go back to the old
+				// version (a late fill of the old value would do that).
+				for range 3 {
+					v, err := r.cache.GetOrLoad(tctx, key, src)
+					if err != nil {
+						rerr[i] = fmt.Errorf("node %d: %w", r.id, err)
+						return
+					}
+					if v.Version < newV {
+						flipBacks.Add(1)
+					}
+				}
+			}()
+		}
+		ready.Wait()
+
+		newV = src.bump(key)
+		if err := a.cache.Delete(ctx, key); err != nil {
+			tcancel()
+			close(goCh)
+			wg.Wait()
+			return res, fmt.Errorf("node %d: Delete: %w", a.id, err)
+		}
+		t0 = time.Now()
+		close(goCh)
+		lastDelete = t0
+		v, err := a.cache.GetOrLoad(ctx, key, src)
+		if err != nil {
+			tcancel()
+			wg.Wait()
+			return res, fmt.Errorf("node %d: read after own Delete: %w", a.id, err)
+		}
+		if v.Version < newV {
+			res.rywStale++
+		}
+		wg.Wait()
+		tcancel()
+		if err := errors.Join(rerr...); err != nil {
+			return res, err
+		}
+		for i := range readers {
+			if rok[i] {
+				lat = append(lat, rlat[i])
+				byPath[rpath[i]] = append(byPath[rpath[i]], rlat[i])
+				if at, ok := readers[i].arr.take(key); ok {
+					d := at.Sub(t0)
+					delivery = append(delivery, d)
+					afterDelivery[rpath[i]] = append(afterDelivery[rpath[i]], rlat[i]-d)
+				}
+			} else {
+				res.unconverged++
+			}
+		}
+
+		d, err := probe.publish(ctx)
+		if err != nil {
+			return res, err
+		}
+		pubLat = append(pubLat, d)
+		d, err = probe.ping(ctx)
+		if err != nil {
+			return res, err
+		}
+		rtt = append(rtt, d)
+		if (trial+1)%50 == 0 {
+			fmt.Fprintf(os.Stderr, "benchfleet: invalidate: %d/%d trials\n", trial+1, cfg.trials)
+		}
+	}
+	fmt.Fprintf(os.Stderr, "benchfleet: invalidate: warming L1 took %v in total\n", warmTime.Round(time.Millisecond))
+
+	// Final sweep, staleWindow after the last Delete.
+	if wait := time.Until(lastDelete.Add(staleWindow)); wait > 0 {
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return res, ctx.Err()
+		}
+	}
+	var sweepStale int64
+	for _, key := range keys {
+		want := src.get(key)
+		for _, n := range nodes {
+			v, err := n.cache.GetOrLoad(ctx, key, src)
+			if err != nil {
+				return res, fmt.Errorf("node %d: sweep: %w", n.id, err)
+			}
+			if v.Version < want {
+				sweepStale++
+			}
+		}
+	}
+	if sweepStale > 0 {
+		fmt.Fprintf(os.Stderr, "benchfleet: invalidate: %d stale reads in the final sweep\n", sweepStale)
+	}
+
+	// Diagnostics: where the time goes. Delivery may be negative: Redis can
+	// push the message to a reader before the writer has read its reply.
+	slices.Sort(delivery)
+	fmt.Fprintf(os.Stderr, "benchfleet: invalidate: delivery (Delete returned → reader's bus handled it) n=%d p50=%.2fms p99=%.2fms max=%.2fms\n",
+		len(delivery), msf(pct(delivery, 0.5)), msf(pct(delivery, 0.99)), msf(pct(delivery, 1)))
+	for _, p := range slices.Sorted(maps.Keys(byPath)) {
+		ds, ad := byPath[p], afterDelivery[p]
+		slices.Sort(ds)
+		slices.Sort(ad)
+		fmt.Fprintf(os.Stderr, "benchfleet: invalidate: reload path %-10s n=%3d total p50=%.2fms p99=%.2fms max=%.2fms; after delivery p50=%.2fms p99=%.2fms\n",
+			p, len(ds), msf(pct(ds, 0.5)), msf(pct(ds, 0.99)), msf(pct(ds, 1)), msf(pct(ad, 0.5)), msf(pct(ad, 0.99)))
+	}
+	slices.Sort(lat)
+	slices.Sort(pubLat)
+	slices.Sort(rtt)
+	fmt.Fprintf(os.Stderr, "benchfleet: invalidate: %d latency samples, %d publish samples\n", len(lat), len(pubLat))
+	res.p50, res.p99, res.max = pct(lat, 0.50), pct(lat, 0.99), pct(lat, 1)
+	res.staleAfter2s = staleAfter2s.Load() + sweepStale
+	res.flipBacks = flipBacks.Load()
+	res.publishP50, res.publishP99, res.publishMax = pct(pubLat, 0.50), pct(pubLat, 0.99), pct(pubLat, 1)
+	res.rttP99 = pct(rtt, 0.99)
+	return res, nil
+}
+
+// reloadPath names how a reader got the new version, from its counters
+// before and after: it waited for another node's lease, loaded itself, read
+// Redis, or (none of these) was never invalidated.
+func reloadPath(before, after tiered.Stats) string {
+	switch {
+	case after.LeaseWaits > before.LeaseWaits:
+		return "lease-wait"
+	case after.Loads > before.Loads:
+		return "loaded"
+	case after.L2Hits > before.L2Hits:
+		return "redis-hit"
+	}
+	return "none"
+}
+
+// pause waits between two reads of an invalidate reader.
+//
+// A reader must not spin while it waits for the invalidation: on a 2-core
+// machine two spinning readers take both cores from redis-server and from
+// the bus goroutines, and the benchmark then measures its own CPU contention
+// (-spin shows it: delivery p99 of several ms against a PUBLISH p99 below
+// 1ms). Nor can it sleep briefly: on Linux the Go runtime rounds a sub-ms
+// sleep of an idle process up to about 1ms (epoll_wait has ms resolution),
+// which would quantise every latency by up to 1ms.
+//
+// So the reader waits until its node's bus delivers the key's invalidation
+// (delivered, closed by the arrivals handler, which runs on the bus
+// goroutine beside the cache's own handler) or until cfg.poll has passed,
+// whichever is first. Once delivered, it reads back to back, only yielding:
+// GetOrLoad then blocks on the reload itself. The timer keeps the reader
+// honest when no invalidation arrives at all: it still reads every
+// cfg.poll and counts the stale reads.
+func pause(cfg config, delivered <-chan struct{}) {
+	if cfg.spin {
+		runtime.Gosched()
+		return
+	}
+	select {
+	case <-delivered:
+		runtime.Gosched()
+		return
+	default:
+	}
+	t := time.NewTimer(cfg.poll)
+	defer t.Stop()
+	select {
+	case <-delivered:
+	case <-t.C:
+	}
+}
+
+// warmL1 reads key on n until the read is answered from n's L1 (L1 writes
+// are applied asynchronously by ristretto, so the first read after a fill may
+// still miss) and checks the version.
+func warmL1(ctx context.Context, n *node, key string, src *source) error {
+	want := src.get(key)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		before := n.cache.Stats().L1Hits
+		v, err := n.cache.GetOrLoad(ctx, key, src)
+		if err != nil {
+			return fmt.Errorf("node %d: warming %s: %w", n.id, key, err)
+		}
+		if v.Version != want {
+			return fmt.Errorf("node %d: warming %s: got version %d, want %d", n.id, key, v.Version, want)
+		}
+		if n.cache.Stats().L1Hits > before {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("node %d: %s never became an L1 hit", n.id, key)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// publishProbe measures raw go-redis PUBLISH → receive latency on a channel
+// of its own, with its own publisher and subscriber clients, and the PING
+// round trip.
+type publishProbe struct {
+	pub, sub *redis.Client
+	ps       *redis.PubSub
+	recv     chan received
+	seq      int
+}
+
+type received struct {
+	payload string
+	at      time.Time
+}
+
+const probeChannel = "benchfleet:probe"
+
+func newPublishProbe(ctx context.Context, addr string) (*publishProbe, error) {
+	p := &publishProbe{pub: newClient(addr), sub: newClient(addr), recv: make(chan received, 1)}
+	p.ps = p.sub.Subscribe(ctx, probeChannel)
+	// Receive returns the subscription confirmation first.
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := p.ps.Receive(cctx); err != nil {
+		close(p.recv) // no receiver goroutine to close it
+		p.close()
+		return nil, fmt.Errorf("probe subscription: %w", err)
+	}
+	go func() {
+		defer close(p.recv)
+		for {
+			m, err := p.ps.ReceiveMessage(context.Background())
+			if err != nil {
+				return // closed
+			}
+			p.recv <- received{payload: m.Payload, at: time.Now()}
+		}
+	}()
+	return p, nil
+}
+
+// publish sends one message, stamped with its send time, and returns how long
+// the subscriber took to receive it.
+func (p *publishProbe) publish(ctx context.Context) (time.Duration, error) {
+	p.seq++
+	t0 := time.Now()
+	payload := strconv.Itoa(p.seq) + ":" + strconv.FormatInt(t0.UnixNano(), 10)
+	if err := p.pub.Publish(ctx, probeChannel, payload).Err(); err != nil {
+		return 0, fmt.Errorf("probe PUBLISH: %w", err)
+	}
+	timeout := time.NewTimer(5 * time.Second)
+	defer timeout.Stop()
+	select {
+	case r, ok := <-p.recv:
+		if !ok {
+			return 0, errors.New("probe subscription closed")
+		}
+		if r.payload != payload {
+			return 0, fmt.Errorf("probe received %q, want %q", r.payload, payload)
+		}
+		return r.at.Sub(t0), nil
+	case <-timeout.C:
+		return 0, errors.New("probe message not received in 5s")
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+func (p *publishProbe) ping(ctx context.Context) (time.Duration, error) {
+	t0 := time.Now()
+	if err := p.pub.Ping(ctx).Err(); err != nil {
+		return 0, fmt.Errorf("probe PING: %w", err)
+	}
+	return time.Since(t0), nil
+}
+
+func (p *publishProbe) close() {
+	p.ps.Close()
+	p.sub.Close()
+	p.pub.Close()
+	for range p.recv { // wait for the receiver to stop
+	}
+}
+
+// ---------------------------------------------------------------------------
+
+// pct returns the q-quantile of sorted ds by the nearest-rank method
+// (q = 1 is the maximum); zero for no samples.
+func pct(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(q*float64(len(ds)))) - 1
+	return ds[min(max(i, 0), len(ds)-1)]
+}
+
+// msf returns d in milliseconds.
+func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

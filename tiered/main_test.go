@@ -1,0 +1,134 @@
+package tiered
+
+import (
+	"context"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/leakcheck"
+	"github.com/tieredcache/tiered/internal/redistest"
+)
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }
+
+// Product is the value type of most tests.
+type Product struct {
+	ID      int    `json:"id"`
+	Name    string `json:"name"`
+	Version int    `json:"version"`
+}
+
+// backend is a Redis server a test can stop.
+type backend struct {
+	name string
+	addr string
+	stop func()
+}
+
+// backends returns a fresh miniredis and, when redis-server is available
+// (required with REQUIRE_REDIS=1), a fresh real server.
+func backends(t *testing.T) []backend {
+	t.Helper()
+	mr := miniredis.NewMiniRedis()
+	if err := mr.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(mr.Close)
+	bs := []backend{{name: "miniredis", addr: mr.Addr(), stop: mr.Close}}
+	if redistest.Available() || os.Getenv("REQUIRE_REDIS") == "1" {
+		s := redistest.Start(t)
+		bs = append(bs, backend{name: "redis-server", addr: s.Addr, stop: s.Stop})
+	}
+	return bs
+}
+
+// realRedis returns a fresh real redis-server, skipping (or failing with
+// REQUIRE_REDIS=1) when there is none.
+func realRedis(t *testing.T) *redistest.Server {
+	t.Helper()
+	return redistest.Start(t)
+}
+
+
+
+// eachBackend runs f as a subtest against every backend.
+func eachBackend(t *testing.T, f func(t *testing.T, b backend)) {
+	for _, b := range backends(t) {
+		t.Run(b.name, func(t *testing.T) { f(t, b) })
+	}
+}
+
+// node is one independent cache: its own client, bus and L1.
+func newNode[V any](t *testing.T, addr string, opts Options) (*Cache[V], *redis.Client) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	if opts.Namespace == "" {
+		opts.Namespace = "test"
+	}
+	if opts.TTL == 0 {
+		opts.TTL = time.Minute
+	}
+	c, err := New[V](rdb, &opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Close()
+		rdb.Close()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Bus().WaitHealthy(ctx); err != nil {
+		t.Fatalf("bus never became healthy: %v", err)
+	}
+	return c, rdb
+}
+
+// countingDB is a fake database that counts loads per key.
+type countingDB struct {
+	rows  map[string]Product
+	calls atomic.Int64
+}
+
+func (db *countingDB) Load(ctx context.Context, key string) (Product, error) {
+	db.calls.Add(1)
+	p, ok := db.rows[key]
+	if !ok {
+		return Product{}, ErrNotFound
+	}
+	return p, nil
+}
+
+// inL1 reports whether key is in c's L1, after ristretto applied every
+// buffered write.
+func inL1[V any](c *Cache[V]) func(key string) (V, bool) {
+	return func(key string) (V, bool) {
+		c.l1.Wait()
+		e, ok := c.l1.Get(key)
+		return e.v, ok
+	}
+}
+
+// cmdCounter counts the commands a client sends, by name.
+type cmdCounter struct{ get, eval atomic.Int64 }
+
+func (h *cmdCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *cmdCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		switch cmd.Name() {
+		case "get":
+			h.get.Add(1)
+		case "evalsha", "eval":
+			h.eval.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
