@@ -114,6 +114,16 @@ func (b backend) gatedStore(t *testing.T, ns string) (*Store, *publishGate) {
 	return s, g
 }
 
+// shortTTL is the TTL of a lease a test lets run out: 100ms, or 250ms on a
+// real server, whose clock keeps running while a slow (-race) test takes
+// its next step.
+func (b backend) shortTTL() time.Duration {
+	if b.mr != nil {
+		return 100 * time.Millisecond
+	}
+	return 250 * time.Millisecond
+}
+
 // expire makes key, set with a TTL of at most d, expire: miniredis's clock
 // is moved forward; on a real server the test polls until the key is gone.
 func (b backend) expire(t *testing.T, rdb *redis.Client, key string, d time.Duration) {

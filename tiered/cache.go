@@ -20,6 +20,7 @@ import (
 )
 
 // entry is what L1 holds for a key: a decoded value or a cached "not found".
+// L1 holds pointers so that a hit copies the value once, into the result.
 type entry[V any] struct {
 	v   V
 	neg bool
@@ -33,7 +34,7 @@ type entry[V any] struct {
 // slice or map value points to.
 type Cache[V any] struct {
 	o     Options
-	l1    *l1.Cache[entry[V]] // nil when Options.DisableL1
+	l1    *l1.Cache[*entry[V]] // nil when Options.DisableL1
 	l2    *l2.Store
 	bus   *pubsub.Bus
 	ownsB bool // Close closes bus
@@ -81,7 +82,7 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 		waiters: make(map[string]chan struct{}),
 	}
 	if !o.DisableL1 {
-		c.l1, err = l1.New[entry[V]](&l1.Options{MaxBytes: o.L1MaxBytes, NumCounters: o.L1NumCounters})
+		c.l1, err = l1.New[*entry[V]](&l1.Options{MaxBytes: o.L1MaxBytes, NumCounters: o.L1NumCounters})
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 		}
@@ -140,22 +141,28 @@ func (c *Cache[V]) checkKey(key string) error {
 
 // fromL1 looks key up in L1. L1 is not consulted while the bus is
 // unhealthy: an invalidation published now would not be heard.
-func (c *Cache[V]) fromL1(key string) (V, error, bool) {
+func (c *Cache[V]) fromL1(key string) (*entry[V], bool) {
 	if c.l1 == nil || !c.bus.Healthy() {
-		var zero V
-		return zero, nil, false
+		return nil, false
 	}
 	e, ok := c.l1.Get(key)
 	if !ok {
-		var zero V
-		return zero, nil, false
+		return nil, false
 	}
 	c.stats.l1Hits.Add(1)
 	if e.neg {
 		c.stats.negativeHits.Add(1)
-		return e.v, ErrNotFound, true
 	}
-	return e.v, nil, true
+	return e, true
+}
+
+// result returns what an L1 entry means to a caller.
+func (e *entry[V]) result() (V, error) {
+	if e.neg {
+		var zero V
+		return zero, ErrNotFound
+	}
+	return e.v, nil
 }
 
 // Get returns the value of key from L1 or Redis. It returns ErrNotFound on
@@ -166,8 +173,8 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 		var zero V
 		return zero, err
 	}
-	if v, err, ok := c.fromL1(key); ok {
-		return v, err
+	if e, ok := c.fromL1(key); ok {
+		return e.result()
 	}
 	return c.flight(ctx, &c.fetches, key, func(fctx context.Context) (V, error) {
 		return c.fetch(fctx, key)
@@ -196,8 +203,8 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, loader Loader[V]) 
 		var zero V
 		return zero, err
 	}
-	if v, err, ok := c.fromL1(key); ok {
-		return v, err
+	if e, ok := c.fromL1(key); ok {
+		return e.result()
 	}
 	if loader == nil {
 		var zero V
@@ -257,7 +264,7 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	if c.l1 != nil {
-		c.l1.Replace(t, key, entry[V]{v: v}, int64(len(env)+len(key)), min(c.o.L1TTL, ttl))
+		c.l1.Replace(t, key, &entry[V]{v: v}, int64(len(env)+len(key)), min(c.o.L1TTL, ttl))
 	}
 	c.wake(key)
 	return nil

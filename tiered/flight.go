@@ -33,7 +33,7 @@ func (c *Cache[V]) begin(key string) l1.Ticket {
 }
 
 // fill stores a loaded entry in L1 if no invalidation of key happened since t.
-func (c *Cache[V]) fill(t l1.Ticket, key string, e entry[V], cost int, ttl time.Duration) {
+func (c *Cache[V]) fill(t l1.Ticket, key string, e *entry[V], cost int, ttl time.Duration) {
 	if c.l1 == nil {
 		return
 	}
@@ -49,8 +49,8 @@ func (c *Cache[V]) fetch(ctx context.Context, key string) (V, error) {
 	t := c.begin(key)
 	// Check L1 again: a flight that finished between this caller's L1 miss
 	// and the start of this one may have filled it (groupcache's reason).
-	if v, err, ok := c.fromL1(key); ok {
-		return v, err
+	if e, ok := c.fromL1(key); ok {
+		return e.result()
 	}
 	raw, err := c.l2.Get(ctx, key)
 	switch {
@@ -90,7 +90,7 @@ func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte)
 	}
 	c.stats.l2Hits.Add(1)
 	ttl := min(c.o.L1TTL, time.Until(env.Expiry))
-	c.fill(t, key, entry[V]{v: v, neg: env.Negative}, len(raw), ttl)
+	c.fill(t, key, &entry[V]{v: v, neg: env.Negative}, len(raw), ttl)
 	if env.Negative {
 		c.stats.negativeHits.Add(1)
 		return v, ErrNotFound, true
@@ -102,8 +102,8 @@ func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte)
 // loader.
 func (c *Cache[V]) load(ctx context.Context, key string, loader Loader[V]) (V, error) {
 	t := c.begin(key)
-	if v, err, ok := c.fromL1(key); ok { // see fetch
-		return v, err
+	if e, ok := c.fromL1(key); ok { // see fetch
+		return e.result()
 	}
 	raw, err := c.l2.Get(ctx, key)
 	switch {
@@ -202,7 +202,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, key string, loa
 		c.stats.staleDiscards.Add(1)
 		return v, err
 	}
-	c.fill(t, key, entry[V]{v: v, neg: neg}, len(env), min(c.o.L1TTL, ttl))
+	c.fill(t, key, &entry[V]{v: v, neg: neg}, len(env), min(c.o.L1TTL, ttl))
 	return v, err
 }
 
@@ -215,10 +215,10 @@ func (c *Cache[V]) loadUnleased(ctx context.Context, t l1.Ticket, key string, lo
 	switch {
 	case err == nil:
 		if env, ttl, eerr := c.encode(v, false); eerr == nil {
-			c.fill(t, key, entry[V]{v: v}, len(env), min(c.o.L1TTL, ttl))
+			c.fill(t, key, &entry[V]{v: v}, len(env), min(c.o.L1TTL, ttl))
 		}
 	case neg && c.o.NegativeTTL > 0:
-		c.fill(t, key, entry[V]{neg: true}, l2.HeaderSize, min(c.o.L1TTL, c.o.NegativeTTL))
+		c.fill(t, key, &entry[V]{neg: true}, l2.HeaderSize, min(c.o.L1TTL, c.o.NegativeTTL))
 	}
 	return v, err
 }

@@ -54,8 +54,6 @@ func realRedis(t *testing.T) *redistest.Server {
 	return redistest.Start(t)
 }
 
-
-
 // eachBackend runs f as a subtest against every backend.
 func eachBackend(t *testing.T, f func(t *testing.T, b backend)) {
 	for _, b := range backends(t) {
@@ -110,7 +108,11 @@ func inL1[V any](c *Cache[V]) func(key string) (V, bool) {
 	return func(key string) (V, bool) {
 		c.l1.Wait()
 		e, ok := c.l1.Get(key)
-		return e.v, ok
+		if !ok {
+			var zero V
+			return zero, false
+		}
+		return e.v, true
 	}
 }
 
@@ -131,4 +133,10 @@ func (h *cmdCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 }
 func (h *cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
+}
+
+// realRedisB is realRedis for benchmarks: it returns the server address.
+func realRedisB(b *testing.B) string {
+	b.Helper()
+	return redistest.Start(b).Addr
 }

@@ -106,8 +106,8 @@ func serveNode(ctx context.Context, nc nodeConfig, ready io.Writer) error {
 	// that a Redis restart broke.
 	redis.SetLogger(quietRedisLog{})
 	rdb := redis.NewClient(&redis.Options{
-		Addr:          nc.RedisAddr,
-		DialTimeout:   200 * time.Millisecond,
+		Addr:            nc.RedisAddr,
+		DialTimeout:     200 * time.Millisecond,
 		DialerRetries:   1,
 		MaxRetries:      1,
 		MinRetryBackoff: -1,

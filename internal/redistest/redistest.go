@@ -28,7 +28,7 @@ import (
 // Server is a running redis-server owned by one test.
 type Server struct {
 	// Addr is host:port of the server, on 127.0.0.1.
-	Addr string
+	Addr     string
 	cmd      *exec.Cmd
 	dir      string
 	waitExit chan error

@@ -33,6 +33,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -68,7 +69,8 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	// A signal cancels ctx, so that run returns and stops redis-server.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, cfg)
 	stop()
 	if err != nil {
@@ -497,6 +499,7 @@ func invalidate(ctx context.Context, cfg config, nodes []*node, addr string) (in
 		byPath                  = map[string][]time.Duration{}
 		delivery                []time.Duration                // Delete returned → reader's bus handled the invalidation
 		afterDelivery           = map[string][]time.Duration{} // handled → reader converged, by path
+		writerReload            []time.Duration                // the writer's own read after Delete
 	)
 	for trial := range cfg.trials {
 		if err := ctx.Err(); err != nil {
@@ -592,6 +595,7 @@ func invalidate(ctx context.Context, cfg config, nodes []*node, addr string) (in
 		close(goCh)
 		lastDelete = t0
 		v, err := a.cache.GetOrLoad(ctx, key, src)
+		writerReload = append(writerReload, time.Since(t0))
 		if err != nil {
 			tcancel()
 			wg.Wait()
@@ -675,6 +679,9 @@ func invalidate(ctx context.Context, cfg config, nodes []*node, addr string) (in
 	slices.Sort(lat)
 	slices.Sort(pubLat)
 	slices.Sort(rtt)
+	slices.Sort(writerReload)
+	fmt.Fprintf(os.Stderr, "benchfleet: invalidate: writer's own read after Delete (L1 miss, Redis miss, lease, load, fill) p50=%.2fms p99=%.2fms; PING p50=%.2fms p99=%.2fms\n",
+		msf(pct(writerReload, 0.5)), msf(pct(writerReload, 0.99)), msf(pct(rtt, 0.5)), msf(pct(rtt, 0.99)))
 	fmt.Fprintf(os.Stderr, "benchfleet: invalidate: %d latency samples, %d publish samples\n", len(lat), len(pubLat))
 	res.p50, res.p99, res.max = pct(lat, 0.50), pct(lat, 0.99), pct(lat, 1)
 	res.staleAfter2s = staleAfter2s.Load() + sweepStale

@@ -1,0 +1,176 @@
+package tiered
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/dgraph-io/ristretto/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/l1"
+	"github.com/tieredcache/tiered/l2"
+)
+
+// benchValue is the ~256-byte struct every benchmark reads.
+type benchValue struct {
+	ID, Version, Price, Stock               int64
+	Name, Category, Description, SKU        string
+	Tags                                    [8]string
+	CreatedUnix, UpdatedUnix, Weight, Score int64
+}
+
+func newBenchValue() benchValue {
+	return benchValue{
+		ID: 42, Version: 7, Price: 1999, Stock: 12,
+		Name: "espresso cup", Category: "kitchen", Description: "a small white porcelain cup", SKU: "EC-42",
+		Tags:        [8]string{"cup", "white", "porcelain", "espresso", "kitchen", "gift", "small", "sale"},
+		CreatedUnix: 1700000000, UpdatedUnix: 1764000000, Weight: 120, Score: 5,
+	}
+}
+
+func TestBenchValueSize(t *testing.T) {
+	if n := unsafe.Sizeof(benchValue{}); n != 256 {
+		t.Fatalf("benchValue is %d bytes, want 256", n)
+	}
+}
+
+// BenchmarkGetL1Hit: Cache.Get answered by L1.
+func BenchmarkGetL1Hit(b *testing.B) {
+	mr := miniredis.RunT(b)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	c, err := New[benchValue](rdb, &Options{Namespace: "bench", TTL: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	if err := c.Bus().WaitHealthy(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if err := c.Set(ctx, "k", newBenchValue()); err != nil {
+		b.Fatal(err)
+	}
+	c.l1.Wait()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		v, err := c.Get(ctx, "k")
+		if err != nil || v.ID != 42 {
+			b.Fatal(v.ID, err)
+		}
+	}
+	b.StopTimer()
+	if s := c.Stats(); s.L1Hits < uint64(b.N) {
+		b.Fatalf("L1 hits %d < %d: not measuring L1", s.L1Hits, b.N)
+	}
+}
+
+// BenchmarkRistrettoGet: the floor, a raw ristretto v2 Get of the same
+// decoded value, configured as package l1 configures it.
+func BenchmarkRistrettoGet(b *testing.B) {
+	rc, err := ristretto.NewCache(&ristretto.Config[string, benchValue]{
+		NumCounters: 10 * l1.DefaultMaxBytes / l1.DefaultAverageEntryBytes, MaxCost: l1.DefaultMaxBytes,
+		BufferItems: 64, IgnoreInternalCost: true,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rc.Close()
+	rc.SetWithTTL("k", newBenchValue(), 300, time.Hour)
+	rc.Wait()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		v, ok := rc.Get("k")
+		if !ok || v.ID != 42 {
+			b.Fatal(v.ID, ok)
+		}
+	}
+}
+
+// BenchmarkRistrettoGetPointer: a raw ristretto v2 Get of a pointer to the
+// same value, which is how L1 stores it; the return copies the value, as
+// Cache.Get does.
+func BenchmarkRistrettoGetPointer(b *testing.B) {
+	rc, err := ristretto.NewCache(&ristretto.Config[string, *benchValue]{
+		NumCounters: 10 * l1.DefaultMaxBytes / l1.DefaultAverageEntryBytes, MaxCost: l1.DefaultMaxBytes,
+		BufferItems: 64, IgnoreInternalCost: true,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rc.Close()
+	v0 := newBenchValue()
+	rc.SetWithTTL("k", &v0, 300, time.Hour)
+	rc.Wait()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		p, ok := rc.Get("k")
+		if !ok {
+			b.Fatal(ok)
+		}
+		if v := *p; v.ID != 42 {
+			b.Fatal(v.ID)
+		}
+	}
+}
+
+// BenchmarkGetL2Hit: Cache.Get answered by a real Redis, L1 off.
+func BenchmarkGetL2Hit(b *testing.B) {
+	s := realRedisB(b)
+	rdb := redis.NewClient(&redis.Options{Addr: s})
+	defer rdb.Close()
+	c, err := New[benchValue](rdb, &Options{Namespace: "bench", TTL: time.Hour, DisableL1: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	if err := c.Set(ctx, "k", newBenchValue()); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		v, err := c.Get(ctx, "k")
+		if err != nil || v.ID != 42 {
+			b.Fatal(v.ID, err)
+		}
+	}
+	b.StopTimer()
+	if st := c.Stats(); st.L2Hits < uint64(b.N) {
+		b.Fatalf("L2 hits %d < %d", st.L2Hits, b.N)
+	}
+}
+
+// BenchmarkRedisGetDecode: the floor, a raw go-redis GET of the same key and
+// a JSON decode of the same payload bytes.
+func BenchmarkRedisGetDecode(b *testing.B) {
+	s := realRedisB(b)
+	rdb := redis.NewClient(&redis.Options{Addr: s})
+	defer rdb.Close()
+	ctx := context.Background()
+	payload, _ := json.Marshal(newBenchValue())
+	env := l2.Envelope{Expiry: time.Now().Add(time.Hour), Payload: payload}.AppendBinary(nil)
+	if err := rdb.Set(ctx, "bench:{k}", env, time.Hour).Err(); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		raw, err := rdb.Get(ctx, "bench:{k}").Bytes()
+		if err != nil {
+			b.Fatal(err)
+		}
+		var v benchValue
+		if err := json.Unmarshal(raw[l2.HeaderSize:], &v); err != nil || v.ID != 42 {
+			b.Fatal(v.ID, err)
+		}
+	}
+}
