@@ -28,10 +28,13 @@
 // Nothing here relies on read-your-write from L1: a dropped fill is a later
 // miss. Deletion needs care: ristretto's Del removes an entry at once, but a
 // Set still in its write buffer is applied afterwards and stays visible until
-// the delete queued behind it is applied. [Cache.Invalidate] and
-// [Cache.Replace] therefore wait for ristretto's buffer to drain before they
-// return, so that when they return no older value is visible. Get never
-// waits.
+// the delete queued behind it is applied. Waiting for the buffer to drain
+// would make every invalidation as slow as ristretto's busiest moment, so
+// instead the stripe remembers the fills ristretto may not have applied yet
+// (a tracker goroutine learns, every few milliseconds, up to which fill
+// ristretto has caught up), [Cache.Invalidate] marks those of its key dead,
+// and [Cache.Get] treats a dead entry as a miss. When Invalidate returns, no
+// older value of its keys is visible, and it never waits for ristretto.
 //
 // This package does not import Redis.
 package l1

@@ -16,56 +16,42 @@ type Ticket struct {
 	stripe uint32
 }
 
-// stripe holds the generation of every key that hashes to it.
-type stripe struct {
-	mu  sync.Mutex    // orders fills against invalidations of this stripe's keys
-	gen atomic.Uint64 // written only with mu held; read without it by begin
-	_   [48]byte      // keep stripes on separate cache lines
+// stripe holds the generation of every key that hashes to it, and the fills
+// of those keys that ristretto may not have applied yet.
+type stripe[V any] struct {
+	mu      sync.Mutex    // orders fills against invalidations of this stripe's keys
+	gen     atomic.Uint64 // written only with mu held; read without it by begin
+	pending []*slot[V]    // guarded by mu; see Cache.fillLocked
 }
 
 // guard is the fill guard: stripes of generations plus an epoch for Clear.
-type guard struct {
+type guard[V any] struct {
 	// clearMu is held for reading by every fill and invalidation, and for
-	// writing by clear, so that a clear is never interleaved with either.
+	// writing by Clear and Close, so that neither is interleaved with them.
 	clearMu sync.RWMutex
 	epoch   atomic.Uint64 // written only with clearMu held for writing
-	stripes [stripeCount]stripe
+	stripes [stripeCount]stripe[V]
 }
 
-func (g *guard) begin(h uint64) Ticket {
+func (g *guard[V]) begin(h uint64) Ticket {
 	i := uint32(h & (stripeCount - 1))
 	return Ticket{epoch: g.epoch.Load(), gen: g.stripes[i].gen.Load(), stripe: i}
 }
 
-// fill runs store if nothing touched the ticket's stripe since begin.
-func (g *guard) fill(t Ticket, store func()) bool {
+// lock locks stripe i (and excludes Clear) and returns it.
+func (g *guard[V]) lock(i uint32) *stripe[V] {
 	g.clearMu.RLock()
-	s := &g.stripes[t.stripe]
+	s := &g.stripes[i]
 	s.mu.Lock()
-	ok := g.epoch.Load() == t.epoch && s.gen.Load() == t.gen
-	if ok {
-		store()
-	}
-	s.mu.Unlock()
-	g.clearMu.RUnlock()
-	return ok
+	return s
 }
 
-// invalidate advances h's stripe and runs drop while holding its lock.
-func (g *guard) invalidate(h uint64, drop func()) {
-	g.clearMu.RLock()
-	s := &g.stripes[h&(stripeCount-1)]
-	s.mu.Lock()
-	s.gen.Add(1)
-	drop()
+func (g *guard[V]) unlock(s *stripe[V]) {
 	s.mu.Unlock()
 	g.clearMu.RUnlock()
 }
 
-// clear advances the epoch and runs drop with every fill excluded.
-func (g *guard) clear(drop func()) {
-	g.clearMu.Lock()
-	g.epoch.Add(1)
-	drop()
-	g.clearMu.Unlock()
+// validLocked reports whether nothing touched t's stripe since t was issued.
+func (g *guard[V]) validLocked(t Ticket, s *stripe[V]) bool {
+	return g.epoch.Load() == t.epoch && s.gen.Load() == t.gen
 }

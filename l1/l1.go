@@ -21,8 +21,9 @@ const (
 	EntryOverhead = 96
 )
 
-// ErrClosed is returned by methods of a closed Cache that report errors.
-var ErrClosed = errors.New("l1: cache is closed")
+// trackInterval is how often the tracker goroutine learns which fills
+// ristretto has applied.
+const trackInterval = 10 * time.Millisecond
 
 // Options configures a [Cache]. A nil *Options means all defaults.
 type Options struct {
@@ -52,6 +53,17 @@ func (o *Options) withDefaults() (Options, error) {
 	return r, nil
 }
 
+// slot is what ristretto stores for a key. dead is set by an invalidation
+// that found the slot still in ristretto's write buffer: ristretto will
+// apply it after the invalidation's delete, and Get must not return it in
+// the meantime.
+type slot[V any] struct {
+	val  V
+	key  string
+	seq  uint64 // fill sequence number; see Cache.fillLocked
+	dead atomic.Bool
+}
+
 // Cache is a byte-bounded in-process cache of decoded values of type V with a
 // per-entry TTL and a fill guard (see the package doc).
 //
@@ -59,19 +71,27 @@ func (o *Options) withDefaults() (Options, error) {
 // run concurrently with other methods; after Close, Get misses and writes are
 // ignored.
 type Cache[V any] struct {
-	rc     *ristretto.Cache[string, V]
-	guard  guard
+	rc    *ristretto.Cache[string, *slot[V]]
+	guard guard[V]
+
+	// fillSeq numbers fills; every fill numbered ≤ applied has been applied
+	// (or dropped) by ristretto, so it is in the store if anywhere.
+	fillSeq atomic.Uint64
+	applied atomic.Uint64
+
 	closed atomic.Bool
+	stop   chan struct{} // closed by Close to stop the tracker
+	done   chan struct{} // closed by the tracker when it returns
 }
 
-// New returns a Cache. It starts ristretto's worker goroutines; Close stops
-// them.
+// New returns a Cache. It starts ristretto's goroutines and a tracker of
+// applied fills; Close stops them.
 func New[V any](opts *Options) (*Cache[V], error) {
 	o, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	rc, err := ristretto.NewCache(&ristretto.Config[string, V]{
+	rc, err := ristretto.NewCache(&ristretto.Config[string, *slot[V]]{
 		NumCounters: o.NumCounters,
 		MaxCost:     o.MaxBytes,
 		BufferItems: 64,
@@ -82,14 +102,23 @@ func New[V any](opts *Options) (*Cache[V], error) {
 	if err != nil {
 		return nil, errors.Join(errors.New("l1: cannot create ristretto cache"), err)
 	}
-	return &Cache[V]{rc: rc}, nil
+	c := &Cache[V]{rc: rc, stop: make(chan struct{}), done: make(chan struct{})}
+	go c.track()
+	return c, nil
 }
 
 func hash(key string) uint64 { return z.MemHashString(key) }
 
+func stripeOf(key string) uint32 { return uint32(hash(key) & (stripeCount - 1)) }
+
 // Get returns the value stored for key, if any and not expired.
 func (c *Cache[V]) Get(key string) (V, bool) {
-	return c.rc.Get(key)
+	s, ok := c.rc.Get(key)
+	if !ok || s.dead.Load() {
+		var zero V
+		return zero, false
+	}
+	return s.val, true
 }
 
 // Begin returns the ticket a load of key must present to Fill.
@@ -105,59 +134,85 @@ func (c *Cache[V]) Fill(t Ticket, key string, v V, cost int64, ttl time.Duration
 	if ttl <= 0 || c.closed.Load() {
 		return false
 	}
-	return c.guard.fill(t, func() {
-		c.rc.SetWithTTL(key, v, cost+EntryOverhead, ttl)
-	})
+	s := c.guard.lock(t.stripe)
+	defer c.guard.unlock(s)
+	if !c.guard.validLocked(t, s) {
+		return false
+	}
+	return c.fillLocked(s, key, v, cost, ttl)
 }
 
-// Replace is Fill for a local write: it also invalidates key, so a load that
-// began before the write cannot fill afterwards, and when the guard rejects
-// v (another write of key happened since t) it only deletes the entry,
-// because which of the two writes reached Redis last is unknown. Like
-// Invalidate, it returns only when no older value of key is visible.
+// fillLocked hands a new slot to ristretto and, if ristretto buffered it,
+// remembers it in the stripe until the tracker sees it applied, so that an
+// invalidation meanwhile can mark it dead. The sequence number is taken after
+// the hand-over, so every fill numbered ≤ the tracker's reading was in
+// ristretto's buffer before the tracker's Wait.
+func (c *Cache[V]) fillLocked(s *stripe[V], key string, v V, cost int64, ttl time.Duration) bool {
+	sl := &slot[V]{val: v, key: key}
+	if !c.rc.SetWithTTL(key, sl, cost+EntryOverhead, ttl) {
+		return false
+	}
+	sl.seq = c.fillSeq.Add(1)
+	c.pruneLocked(s)
+	s.pending = append(s.pending, sl)
+	return true
+}
+
+// pruneLocked forgets the stripe's fills that ristretto has applied.
+func (c *Cache[V]) pruneLocked(s *stripe[V]) {
+	applied := c.applied.Load()
+	keep := s.pending[:0]
+	for _, p := range s.pending {
+		if p.seq > applied {
+			keep = append(keep, p)
+		}
+	}
+	clear(s.pending[len(keep):])
+	s.pending = keep
+}
+
+// invalidateLocked advances the stripe's generation, marks dead the slots of
+// key that ristretto may not have applied yet, and deletes key.
+func (c *Cache[V]) invalidateLocked(s *stripe[V], key string) {
+	s.gen.Add(1)
+	c.pruneLocked(s)
+	for _, p := range s.pending {
+		if p.key == key {
+			p.dead.Store(true)
+		}
+	}
+	c.rc.Del(key)
+}
+
+// Replace is Fill for a local write: it first invalidates key, so that a load
+// that began before the write cannot fill afterwards, then stores v unless
+// another invalidation of key happened since t (then which of the two writes
+// reached Redis last is unknown, and key stays absent).
 func (c *Cache[V]) Replace(t Ticket, key string, v V, cost int64, ttl time.Duration) bool {
 	if c.closed.Load() {
 		return false
 	}
-	c.guard.invalidate(hash(key), func() { c.rc.Del(key) })
-	c.wait()
-	// The invalidation above advanced the generation once; a ticket that
-	// was current before it is one behind.
-	t.gen++
-	if ttl <= 0 {
+	s := c.guard.lock(t.stripe)
+	defer c.guard.unlock(s)
+	valid := c.guard.validLocked(t, s)
+	c.invalidateLocked(s, key)
+	if !valid || ttl <= 0 {
 		return false
 	}
-	return c.guard.fill(t, func() {
-		c.rc.SetWithTTL(key, v, cost+EntryOverhead, ttl)
-	})
+	return c.fillLocked(s, key, v, cost, ttl)
 }
 
 // Invalidate deletes keys and advances their fill-guard generations, so that
-// loads in flight for them will not fill. When it returns, no value stored
-// before the call is visible.
-//
-// ristretto's Del removes an entry at once, but a Set still in ristretto's
-// write buffer is applied after that and stays visible until the delete
-// queued behind it is applied. Invalidate therefore waits for the buffer to
-// drain (once, for all keys) before it returns. This is a write-path cost;
-// Get never waits.
+// loads in flight for them will not fill. When it returns, Get no longer
+// returns any value stored before the call. It does not wait for ristretto.
 func (c *Cache[V]) Invalidate(keys ...string) {
-	if c.closed.Load() || len(keys) == 0 {
+	if c.closed.Load() {
 		return
 	}
 	for _, k := range keys {
-		c.guard.invalidate(hash(k), func() { c.rc.Del(k) })
-	}
-	c.wait()
-}
-
-// wait blocks until ristretto applied every buffered write, unless the cache
-// is closed meanwhile.
-func (c *Cache[V]) wait() {
-	c.guard.clearMu.RLock()
-	defer c.guard.clearMu.RUnlock()
-	if !c.closed.Load() {
-		c.rc.Wait()
+		s := c.guard.lock(stripeOf(k))
+		c.invalidateLocked(s, k)
+		c.guard.unlock(s)
 	}
 }
 
@@ -166,22 +221,59 @@ func (c *Cache[V]) Clear() {
 	if c.closed.Load() {
 		return
 	}
-	c.guard.clear(c.rc.Clear)
+	c.guard.clearMu.Lock()
+	defer c.guard.clearMu.Unlock()
+	c.guard.epoch.Add(1)
+	for i := range c.guard.stripes {
+		s := &c.guard.stripes[i]
+		for _, p := range s.pending {
+			p.dead.Store(true)
+		}
+		clear(s.pending)
+		s.pending = s.pending[:0]
+	}
+	c.rc.Clear()
+}
+
+// track advances applied: every trackInterval, if there were fills, it waits
+// for ristretto to apply what is buffered. It returns when Close is called.
+func (c *Cache[V]) track() {
+	defer close(c.done)
+	t := time.NewTicker(trackInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		seq := c.fillSeq.Load()
+		if seq == c.applied.Load() {
+			continue
+		}
+		c.rc.Wait()
+		c.applied.Store(seq)
+	}
 }
 
 // Wait blocks until ristretto has applied every buffered write. It is for
 // tests; the read and write paths never call it.
 func (c *Cache[V]) Wait() {
+	c.guard.clearMu.RLock()
+	defer c.guard.clearMu.RUnlock()
 	if !c.closed.Load() {
 		c.rc.Wait()
 	}
 }
 
-// Close stops ristretto's goroutines and drops every entry. It is idempotent.
+// Close stops the goroutines New started and drops every entry. It is
+// idempotent.
 func (c *Cache[V]) Close() {
 	if c.closed.Swap(true) {
 		return
 	}
+	close(c.stop)
+	<-c.done
 	// Exclude fills, invalidations and clears that passed the closed check.
 	c.guard.clearMu.Lock()
 	c.rc.Close()

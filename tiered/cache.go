@@ -43,8 +43,8 @@ type Cache[V any] struct {
 	loads   singleflight.Group // GetOrLoad flights, by key
 	fetches singleflight.Group // Get flights, by key
 
-	waitMu  sync.Mutex               // guards waiters
-	waiters map[string]chan struct{} // flights waiting for a lease, by key
+	waitMu  sync.Mutex                            // guards waiters
+	waiters map[string]map[chan struct{}]struct{} // flights waiting for a lease, by key
 
 	stats      counters
 	closed     atomic.Bool
@@ -79,7 +79,7 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 		l2:      store,
 		bus:     o.Bus,
 		log:     ratelog.New(o.Logger, 5*time.Second),
-		waiters: make(map[string]chan struct{}),
+		waiters: make(map[string]map[chan struct{}]struct{}),
 	}
 	if !o.DisableL1 {
 		c.l1, err = l1.New[*entry[V]](&l1.Options{MaxBytes: o.L1MaxBytes, NumCounters: o.L1NumCounters})
@@ -266,7 +266,7 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 	if c.l1 != nil {
 		c.l1.Replace(t, key, &entry[V]{v: v}, int64(len(env)+len(key)), min(c.o.L1TTL, ttl))
 	}
-	c.wake(key)
+	c.written(key)
 	return nil
 }
 
@@ -294,7 +294,7 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 	if c.l1 != nil {
 		c.l1.Invalidate(keys...)
 	}
-	c.wake(keys...)
+	c.written(keys...)
 	if err != nil {
 		c.l2Failed("delete", err)
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
@@ -333,6 +333,20 @@ func (c *Cache[V]) encode(v V, negative bool) ([]byte, time.Duration, error) {
 	return env.AppendBinary(make([]byte, 0, l2.HeaderSize+len(payload))), ttl, nil
 }
 
+// written is called after keys were written or deleted (here or, through
+// the bus, on another node). Flights of keys that are in progress began
+// before the write and may return what was there before it: forget them, so
+// that a caller arriving after the write starts a flight of its own instead
+// of joining one of those. And wake flights waiting for a lease of keys: the
+// write deleted it.
+func (c *Cache[V]) written(keys ...string) {
+	for _, k := range keys {
+		c.loads.Forget(k)
+		c.fetches.Forget(k)
+	}
+	c.wake(keys...)
+}
+
 func (c *Cache[V]) l2Failed(op string, err error) {
 	c.stats.l2Errors.Add(1)
 	c.log.Log(slog.LevelWarn, "tiered: redis unavailable", err,
@@ -347,7 +361,7 @@ func (h busHandler[V]) Invalidate(keys []string) {
 	if h.c.l1 != nil {
 		h.c.l1.Invalidate(keys...)
 	}
-	h.c.wake(keys...)
+	h.c.written(keys...)
 }
 
 func (h busHandler[V]) Wake(keys []string) { h.c.wake(keys...) }

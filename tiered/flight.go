@@ -123,7 +123,7 @@ func (c *Cache[V]) load(ctx context.Context, key string, loader Loader[V]) (V, e
 // holds it. See package l2 for the protocol.
 func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, key string, loader Loader[V]) (V, error) {
 	woken := c.addWaiter(key)
-	defer c.removeWaiter(key)
+	defer c.removeWaiter(key, woken)
 	// A holder that neither fills nor releases lets its lease expire after
 	// LeaseTTL, and the next GetOrLease takes it over; this deadline only
 	// guards against a lease that keeps being renewed by others.
@@ -170,6 +170,10 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, key string, load
 // Redis (if the lease still holds) and in L1 (if the guard allows).
 func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, key string, loader Loader[V], lease l2.Lease) (V, error) {
 	v, err := c.callLoader(ctx, key, loader)
+	// The bus does not deliver a node's own messages: wake the flights of
+	// this process that wait for this lease (a flight started after a write
+	// of key, see written) directly, once the lease is filled or released.
+	defer c.wake(key)
 	neg := errors.Is(err, ErrNotFound)
 	wake, aerr := c.announce(pubsub.Wake, key)
 	if aerr != nil { // cannot happen for a valid key; wake by polling
@@ -241,19 +245,26 @@ func (c *Cache[V]) callLoader(ctx context.Context, key string, loader Loader[V])
 	return loader.Load(ctx, key)
 }
 
-// addWaiter registers the flight of key as waiting for a lease. Flights are
-// one per key (singleflight), so one channel per key suffices.
-func (c *Cache[V]) addWaiter(key string) <-chan struct{} {
+// addWaiter registers a flight of key as waiting for a lease. There is
+// usually one flight per key, but a write makes later callers start a new
+// flight while older ones finish (see written), so waiters are per flight.
+func (c *Cache[V]) addWaiter(key string) chan struct{} {
 	ch := make(chan struct{}, 1)
 	c.waitMu.Lock()
-	c.waiters[key] = ch
+	if c.waiters[key] == nil {
+		c.waiters[key] = make(map[chan struct{}]struct{})
+	}
+	c.waiters[key][ch] = struct{}{}
 	c.waitMu.Unlock()
 	return ch
 }
 
-func (c *Cache[V]) removeWaiter(key string) {
+func (c *Cache[V]) removeWaiter(key string, ch chan struct{}) {
 	c.waitMu.Lock()
-	delete(c.waiters, key)
+	delete(c.waiters[key], ch)
+	if len(c.waiters[key]) == 0 {
+		delete(c.waiters, key)
+	}
 	c.waitMu.Unlock()
 }
 
@@ -265,7 +276,7 @@ func (c *Cache[V]) wake(keys ...string) {
 		return
 	}
 	for _, k := range keys {
-		if ch, ok := c.waiters[k]; ok {
+		for ch := range c.waiters[k] {
 			select {
 			case ch <- struct{}{}:
 			default:

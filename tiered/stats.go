@@ -16,7 +16,7 @@ type Stats struct {
 	Corrupt       uint64 // values in Redis that did not decode (each deleted)
 	Rejected      uint64 // rejected inputs: bad keys, values too large or not encodable
 	Invalidations uint64 // keys invalidated by messages from other nodes
-	Resets        uint64 // times L1 was dropped because the bus had a gap
+	Resets        uint64 // times L1 was dropped because the bus (re)subscribed: once at start, then once per gap
 }
 
 // counters are the live Stats. l1Hits, bumped on the hot path by every
