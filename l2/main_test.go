@@ -15,7 +15,15 @@ import (
 	"github.com/tieredcache/tiered/internal/redistest"
 )
 
-func TestMain(m *testing.M) { leakcheck.Main(m) }
+func TestMain(m *testing.M) {
+	// Tests stop servers on purpose; go-redis would log every failed dial.
+	redis.SetLogger(quietLogger{})
+	leakcheck.Main(m)
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}
 
 // waitTimeout bounds every wait for something Redis does asynchronously.
 const waitTimeout = 5 * time.Second

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -226,7 +227,7 @@ func TestDelete(t *testing.T) {
 			}
 		}
 		deleted, kept := keys[:20], keys[20:]
-		if err := s.Delete(ctx, append(deleted, "never-set"), Announce{}); err != nil {
+		if err := s.Delete(ctx, slices.Concat(deleted, []string{"never-set"}), Announce{}); err != nil {
 			t.Fatal(err)
 		}
 		for _, k := range deleted {
@@ -368,7 +369,9 @@ func TestUnavailable(t *testing.T) {
 	t.Run("unresponsive", func(t *testing.T) {
 		t.Parallel()
 		addr := silentServer(t)
-		rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second})
+		// Without ContextTimeoutEnabled go-redis ignores the context deadline
+		// on reads and writes, and OpTimeout would not bound the calls.
+		rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second, ContextTimeoutEnabled: true})
 		t.Cleanup(func() { rdb.Close() })
 		const opTimeout = 100 * time.Millisecond
 		s, err := New(rdb, &Options{Namespace: "ns", OpTimeout: opTimeout})

@@ -467,4 +467,3 @@ func TestFleetReadYourWrite(t *testing.T) {
 		t.Fatalf("%d of 300 reads right after the node's own write returned an old version", stale)
 	}
 }
-
