@@ -14,7 +14,13 @@ import (
 	"github.com/tieredcache/tiered/internal/redistest"
 )
 
-func TestMain(m *testing.M) { leakcheck.Main(m) }
+func TestMain(m *testing.M) {
+	if addr := os.Getenv(childNodeEnv); addr != "" {
+		// This process is a fleet node started by a test: see process_test.go.
+		os.Exit(runChildNode(addr))
+	}
+	leakcheck.Main(m)
+}
 
 // Product is the value type of most tests.
 type Product struct {

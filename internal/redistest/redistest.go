@@ -33,6 +33,7 @@ type Server struct {
 	dir      string
 	waitExit chan error
 	stopped  bool
+	ownsDir  bool // Stop removes dir
 }
 
 // Client returns a new go-redis client for the server; the caller closes it.
@@ -48,6 +49,9 @@ func (s *Server) Stop() {
 	s.stopped = true
 	_ = s.cmd.Process.Kill()
 	<-s.waitExit
+	if s.ownsDir {
+		_ = os.RemoveAll(s.dir)
+	}
 }
 
 // Available reports whether redis-server is on PATH.
@@ -100,6 +104,7 @@ func StartProcess() (*Server, error) {
 	for attempt := 0; attempt < 5; attempt++ {
 		s, err := start(dir)
 		if err == nil {
+			s.ownsDir = true
 			return s, nil
 		}
 		lastErr = err
@@ -130,6 +135,7 @@ func start(dir string) (*Server, error) {
 		"--dir", dir,
 		"--protected-mode", "yes",
 	)
+	cmd.SysProcAttr = dieWithParent()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
