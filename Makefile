@@ -1,0 +1,68 @@
+# tiered: a two-tier (ristretto L1 over Redis) cache for fleets of Go services.
+#
+#   make example        run the example cluster on an embedded Redis (ARGS="-chaos" etc.)
+#   make test           vet, race tests of both modules, fuzz corpus replay and a short fuzz
+#   make bench          micro-benchmarks, -count 6, for benchstat
+#   make bench-fleet    multi-node figures against a redis-server started for the run
+#   make fuzz           longer fuzzing of each decoder
+#   make lint           go vet and staticcheck
+#   make cover          coverage report
+#
+# Tests that need a real redis-server skip when it is missing, unless
+# REQUIRE_REDIS=1 (as .ci/run sets), which turns those skips into failures.
+
+GO        ?= go
+ARGS      ?=
+FUZZTIME  ?= 10s
+LONGFUZZ  ?= 5m
+BENCHOUT  ?= bench.txt
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@2025.1.1
+
+FUZZ_TARGETS = ./l2:FuzzDecodeEnvelope ./pubsub:FuzzDecode
+
+.PHONY: all test vet unit example-test fuzz-short fuzz bench bench-fleet example lint cover clean
+
+all: test
+
+test: vet unit example-test fuzz-short
+
+vet:
+	$(GO) vet ./...
+	cd example && $(GO) vet ./...
+
+# Replays the committed fuzz corpora too (they are ordinary test inputs).
+unit:
+	$(GO) test -race -count=1 ./...
+
+example-test:
+	cd example && $(GO) test -race -count=1 ./...
+
+fuzz-short:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
+
+fuzz:
+	$(MAKE) fuzz-short FUZZTIME=$(LONGFUZZ)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./... | tee $(BENCHOUT)
+
+bench-fleet:
+	$(GO) run ./internal/cmd/benchfleet
+
+example:
+	cd example && $(GO) run ./cluster $(ARGS)
+
+lint: vet
+	$(GO) run $(STATICCHECK) ./...
+	cd example && $(GO) run $(STATICCHECK) ./...
+
+cover:
+	$(GO) test -coverprofile=coverage.out ./...
+	$(GO) tool cover -func=coverage.out | tail -1
+
+clean:
+	rm -f coverage.out $(BENCHOUT)
