@@ -9,6 +9,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tieredcache/tiered/pubsub"
 	"github.com/tieredcache/tiered/tiered"
 )
 
@@ -18,23 +19,33 @@ type Product struct {
 	Price int
 }
 
-// Example shows the quick start: a cache of products in front of Redis.
-func Example() {
+// startRedis runs an embedded Redis for the examples; a service passes its
+// own client.
+func startRedis() (*redis.Client, func()) {
 	mr := miniredis.NewMiniRedis()
 	if err := mr.Start(); err != nil {
 		panic(err)
 	}
-	defer mr.Close()
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	defer rdb.Close()
+	return rdb, func() { rdb.Close(); mr.Close() }
+}
 
-	products, err := tiered.New[Product](rdb, &tiered.Options{Namespace: "products", TTL: 10 * time.Minute})
+// Example is the quick start: a cache of products in front of Redis, read
+// through with a loader, invalidated after a write to the database.
+func Example() {
+	rdb, stop := startRedis()
+	defer stop()
+	ctx := context.Background()
+
+	products, err := tiered.New[Product](rdb, &tiered.Options{
+		Namespace: "products",
+		TTL:       10 * time.Minute,
+	})
 	if err != nil {
 		panic(err)
 	}
 	defer products.Close()
-	ctx := context.Background()
-	// Wait until the invalidation bus is subscribed; until then L1 is bypassed.
+	// L1 is used once the invalidation bus is subscribed.
 	if err := products.Bus().WaitHealthy(ctx); err != nil {
 		panic(err)
 	}
@@ -44,18 +55,128 @@ func Example() {
 		return Product{ID: 1, Name: "espresso cup", Price: 450}, nil
 	})
 
-	p, _ := products.GetOrLoad(ctx, "1", db) // miss: loads and fills both tiers
+	p, _ := products.GetOrLoad(ctx, "1", db) // miss: loads, fills Redis and L1
 	fmt.Println(p.Name, p.Price)
-
 	p, _ = products.GetOrLoad(ctx, "1", db) // hit: no database call
 	fmt.Println(p.Name, p.Price)
 
-	_ = products.Delete(ctx, "1") // the row changed: drop it everywhere
+	// After changing the row, drop the key from Redis and every node's L1.
+	if err := products.Delete(ctx, "1"); err != nil {
+		panic(err)
+	}
 	_, err = products.Get(ctx, "1")
 	fmt.Println(errors.Is(err, tiered.ErrNotFound))
+
+	s := products.Stats()
+	// ristretto applies writes asynchronously, so the hit came from L1 or,
+	// if the fill was not applied yet, from Redis.
+	fmt.Printf("hits %d, loads %d, misses %d\n", s.L1Hits+s.L2Hits, s.Loads, s.Misses)
 	// Output:
 	// loading 1 from the database
 	// espresso cup 450
 	// espresso cup 450
 	// true
+	// hits 1, loads 1, misses 2
+}
+
+// ExampleCache_GetOrLoad shows concurrent readers of a cold key sharing one
+// loader call.
+func ExampleCache_GetOrLoad() {
+	rdb, stop := startRedis()
+	defer stop()
+	ctx := context.Background()
+	prices, err := tiered.New[int](rdb, &tiered.Options{Namespace: "prices", TTL: time.Minute})
+	if err != nil {
+		panic(err)
+	}
+	defer prices.Close()
+
+	release := make(chan struct{})
+	loader := tiered.LoaderFunc[int](func(ctx context.Context, key string) (int, error) {
+		<-release // a slow database
+		return 450, nil
+	})
+	results := make(chan int)
+	for range 10 {
+		go func() {
+			v, err := prices.GetOrLoad(ctx, "espresso-cup", loader)
+			if err != nil {
+				panic(err)
+			}
+			results <- v
+		}()
+	}
+	close(release) // readers that arrive after the load hit the cache
+	sum := 0
+	for range 10 {
+		sum += <-results
+	}
+	fmt.Println("sum", sum, "loads", prices.Stats().Loads)
+	// Output:
+	// sum 4500 loads 1
+}
+
+// ExampleCache_GetOrLoad_negative shows a "not found" cached for
+// NegativeTTL, so that reads of a missing row do not all reach the database.
+func ExampleCache_GetOrLoad_negative() {
+	rdb, stop := startRedis()
+	defer stop()
+	ctx := context.Background()
+	users, err := tiered.New[string](rdb, &tiered.Options{
+		Namespace:   "users",
+		TTL:         time.Hour,
+		NegativeTTL: 30 * time.Second,
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer users.Close()
+
+	calls := 0
+	loader := tiered.LoaderFunc[string](func(ctx context.Context, key string) (string, error) {
+		calls++
+		return "", tiered.ErrNotFound // no such row
+	})
+	for range 3 {
+		_, err := users.GetOrLoad(ctx, "ghost", loader)
+		fmt.Println(errors.Is(err, tiered.ErrNotFound))
+	}
+	fmt.Println("database calls:", calls)
+	// Output:
+	// true
+	// true
+	// true
+	// database calls: 1
+}
+
+// ExampleNew_sharedBus shows several caches of one process sharing one
+// client and one invalidation subscription.
+func ExampleNew_sharedBus() {
+	rdb, stop := startRedis()
+	defer stop()
+	bus, err := pubsub.New(rdb, nil)
+	if err != nil {
+		panic(err)
+	}
+	defer bus.Close()
+
+	products, err := tiered.New[Product](rdb, &tiered.Options{Namespace: "products", TTL: time.Hour, Bus: bus})
+	if err != nil {
+		panic(err)
+	}
+	defer products.Close()
+	names, err := tiered.New[string](rdb, &tiered.Options{Namespace: "names", TTL: time.Hour, Bus: bus})
+	if err != nil {
+		panic(err)
+	}
+	defer names.Close()
+
+	ctx := context.Background()
+	_ = products.Set(ctx, "1", Product{ID: 1, Name: "espresso cup"})
+	_ = names.Set(ctx, "1", "Ada")
+	p, _ := products.Get(ctx, "1")
+	n, _ := names.Get(ctx, "1")
+	fmt.Println(p.Name, n)
+	// Output:
+	// espresso cup Ada
 }
