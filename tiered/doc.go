@@ -1,0 +1,48 @@
+// Package tiered is a two-tier cache for services that run as many
+// instances: a ristretto cache in each process (L1) in front of Redis (L2),
+// kept coherent across the fleet.
+//
+// # Reads
+//
+// [Cache.GetOrLoad] looks in L1, then in Redis, then calls the caller's
+// [Loader] (the database), and stores what it loaded in both tiers. In each
+// process, concurrent callers of one key share one flight
+// (golang.org/x/sync/singleflight): one Redis read and at most one loader
+// call. Across processes, a Redis lease makes the fleet call the loader once
+// for a cold key: the first node to miss takes the lease and loads; the others
+// wait to be woken by a message when the value lands, then read it from
+// Redis. The shared flight runs on a context without the first caller's
+// cancellation; each caller waits on its own context and may leave early.
+// A loader panic becomes a [*PanicError] for every waiter.
+//
+// If Redis fails, GetOrLoad still answers from the loader: a read never fails
+// only because Redis did. [Cache.Get] reads the two tiers without a loader
+// and returns [ErrNotFound] on a miss and [ErrUnavailable] when Redis failed.
+//
+// # Writes and invalidation
+//
+// [Cache.Set] and [Cache.Delete] change Redis first, then the local L1, and
+// publish an invalidation on a [pubsub.Bus] from the same Lua script that
+// changed Redis. Every other node drops the keys from its L1 when the message
+// arrives. Because pub/sub is lossy, a node does not serve from L1 while its
+// subscription is down, and drops all of L1 when it resubscribes.
+//
+// # Never putting an old value back
+//
+// A load that began before a write must not store its (older) result after
+// the write. In Redis, the loader's result is written by a compare-and-set on
+// the lease, which every write deletes. In L1, a fill guard (package l1)
+// records a generation before the load and stores the result only if no
+// invalidation of the key happened since. A write also makes callers that
+// arrive after it start a new flight rather than join one that began before
+// it, so a node reads its own writes.
+//
+// # TTLs
+//
+// Every value has a Redis TTL ([Options.TTL], required, plus jitter); its L1
+// TTL is at most [Options.L1TTL] and never longer than what is left of the
+// Redis TTL. A loader's [ErrNotFound] is cached for [Options.NegativeTTL].
+//
+// docs/design.md and docs/consistency.md in the repository describe the
+// mechanisms and the guarantees in full.
+package tiered
