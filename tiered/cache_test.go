@@ -606,6 +606,19 @@ func TestTTLs(t *testing.T) {
 		if _, ok := c.l1.Get("short"); ok {
 			t.Fatal("L1 entry outlived its Redis TTL")
 		}
+		// L1TTL bounds how long an entry lives in L1 whatever its Redis TTL:
+		// the backstop against an invalidation lost without a visible gap.
+		short, _ := newNode[Product](t, b.addr, Options{Namespace: "l1ttl", TTL: time.Hour, L1TTL: 200 * time.Millisecond})
+		if err := short.Set(ctx, "k", Product{ID: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := inL1(short)("k"); !ok {
+			t.Fatal("value not in L1")
+		}
+		time.Sleep(300 * time.Millisecond)
+		if _, ok := short.l1.Get("k"); ok {
+			t.Fatal("L1 entry outlived L1TTL")
+		}
 	})
 }
 

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/pubsub"
 )
 
 // Fleet tests: several independent nodes (own client, own bus, own L1)
@@ -465,5 +467,40 @@ func TestFleetReadYourWrite(t *testing.T) {
 	_ = other
 	if stale != 0 {
 		t.Fatalf("%d of 300 reads right after the node's own write returned an old version", stale)
+	}
+}
+
+// TestFleetSilentSubscriber: a subscription that stops answering without an
+// error (here the server is paused) is detected by the health PING within
+// two health intervals; the node stops serving from L1 and recovers after.
+func TestFleetSilentSubscriber(t *testing.T) {
+	s := realRedis(t)
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+	defer rdb.Close()
+	bus, err := pubsub.New(rdb, &pubsub.Options{HealthInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	c, err := New[Product](rdb, &Options{Namespace: "silent", TTL: time.Minute, Bus: bus})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := bus.WaitHealthy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	admin := s.Client()
+	defer admin.Close()
+	paused := time.Now()
+	if err := admin.Do(ctx, "CLIENT", "PAUSE", "1500", "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Second, "the bus to notice the silence", func() bool { return !bus.Healthy() })
+	t.Logf("silent subscription detected after %v (health interval 100ms)", time.Since(paused))
+	waitFor(t, 10*time.Second, "the bus to recover", bus.Healthy)
+	if c.Stats().Resets < 2 {
+		t.Fatalf("L1 not reset after the silent gap: %+v", c.Stats())
 	}
 }
