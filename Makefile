@@ -16,7 +16,7 @@ ARGS      ?=
 FUZZTIME  ?= 10s
 LONGFUZZ  ?= 5m
 BENCHOUT  ?= bench.txt
-STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@2025.1.1
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.6.1
 
 FUZZ_TARGETS = ./l2:FuzzDecodeEnvelope ./pubsub:FuzzDecode
 

@@ -9,10 +9,11 @@ import (
 
 func TestMain(m *testing.M) { leakcheck.Main(m) }
 
-// newCache returns a Cache with default options, closed when t ends.
+// newCache returns a 4 MiB Cache, closed when t ends. (The default 64 MiB
+// makes ristretto allocate millions of counters, slow under -race.)
 func newCache[V any](t *testing.T) *Cache[V] {
 	t.Helper()
-	c, err := New[V](nil)
+	c, err := New[V](&Options{MaxBytes: 4 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

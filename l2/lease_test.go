@@ -36,6 +36,7 @@ func wait(t *testing.T, s *Store, k string, ttl time.Duration) LeaseResult {
 // acquires, the next is told the lease is held, the holder fills, and then
 // everyone finds the value.
 func TestGetOrLease(t *testing.T) {
+	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
 		s, rdb := b.store(t, "ns"), b.plain(t)
@@ -78,6 +79,7 @@ func TestGetOrLease(t *testing.T) {
 
 // TestGetOrLeaseFindsEmptyValue: an empty value is a value, not a miss.
 func TestGetOrLeaseFindsEmptyValue(t *testing.T) {
+	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
 		s := b.store(t, "ns")
@@ -92,6 +94,7 @@ func TestGetOrLeaseFindsEmptyValue(t *testing.T) {
 }
 
 func TestLeaseTokensDiffer(t *testing.T) {
+	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
 		s := b.store(t, "ns")
@@ -113,6 +116,7 @@ func TestLeaseTokensDiffer(t *testing.T) {
 // TestFillLostLease: a holder whose lease was deleted by a write, expired,
 // or was taken over must not write its value.
 func TestFillLostLease(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name    string
 		expires bool // the lease is taken with a short TTL that lose lets run out
@@ -197,6 +201,7 @@ func TestFillLostLease(t *testing.T) {
 // TestWrongToken: Fill and Release with a token that is not the lease's do
 // nothing: no write, the lease stays with its holder, no wake.
 func TestWrongToken(t *testing.T) {
+	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
 		s, rdb := b.store(t, "ns"), b.plain(t)
@@ -246,6 +251,7 @@ func TestWrongToken(t *testing.T) {
 // TestWake: Fill and Release publish their wake messages once, after the
 // lease ended, and only when someone waited.
 func TestWake(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name   string
 		fill   bool // Fill, else Release
@@ -310,6 +316,7 @@ func TestWake(t *testing.T) {
 // TestLeaseExpiry: a lease whose holder died runs out, and the next caller
 // takes it over.
 func TestLeaseExpiry(t *testing.T) {
+	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ttl := b.shortTTL()
 		s, rdb := b.store(t, "ns"), b.plain(t)

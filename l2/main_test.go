@@ -240,6 +240,8 @@ func (s *subscriber) collect(gate *publishGate, op func(), onMessage func(payloa
 	}()
 	op()
 	if err := s.rdb.Publish(context.Background(), s.ch, sentinel).Err(); err != nil {
+		s.ps.Close() // end the receiver before failing
+		<-got
 		s.t.Fatal(err)
 	}
 	return <-got

@@ -71,7 +71,7 @@ var errAny = errors.New("any error")
 func TestKeyLayout(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		ns, key                string
+		ns, key               string
 		value, lease, waiters string
 	}{
 		{"ns", "k", "ns:{k}", "ns:{k}:lease", "ns:{k}:waiters"},
@@ -125,6 +125,7 @@ func TestKeyLayout(t *testing.T) {
 }
 
 func TestGetMiss(t *testing.T) {
+	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
 		s := b.store(t, "ns")
@@ -154,6 +155,7 @@ func TestGetMiss(t *testing.T) {
 }
 
 func TestSetGet(t *testing.T) {
+	t.Parallel()
 	large := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
 	cases := []struct {
 		name  string
@@ -196,6 +198,7 @@ func TestSetGet(t *testing.T) {
 // TestSetSubMillisecondTTL: Redis rejects PX 0, so a TTL under a
 // millisecond is rounded up rather than turned into a server error.
 func TestSetSubMillisecondTTL(t *testing.T) {
+	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
 		s, rdb := b.store(t, "ns"), b.plain(t)
@@ -212,6 +215,7 @@ func TestSetSubMillisecondTTL(t *testing.T) {
 }
 
 func TestDelete(t *testing.T) {
+	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
 		s, rdb := b.store(t, "ns"), b.plain(t)
@@ -255,6 +259,7 @@ func TestDelete(t *testing.T) {
 }
 
 func TestDeleteIfEqual(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name        string
 		stored      []byte // nil: key absent
@@ -310,13 +315,18 @@ var storeOps = []struct {
 	{"Delete", func(ctx context.Context, s *Store) error {
 		return s.Delete(ctx, []string{"a", "b"}, Announce{Channel: "c", Messages: [][]byte{[]byte("m")}})
 	}},
-	{"DeleteIfEqual", func(ctx context.Context, s *Store) error { _, err := s.DeleteIfEqual(ctx, "k", []byte("v")); return err }},
+	{"DeleteIfEqual", func(ctx context.Context, s *Store) error {
+		_, err := s.DeleteIfEqual(ctx, "k", []byte("v"))
+		return err
+	}},
 	{"GetOrLease", func(ctx context.Context, s *Store) error { _, err := s.GetOrLease(ctx, "k", time.Second); return err }},
 	{"Fill", func(ctx context.Context, s *Store) error {
 		_, err := s.Fill(ctx, Lease{Key: "k", Token: "t"}, []byte("v"), time.Minute, Announce{})
 		return err
 	}},
-	{"Release", func(ctx context.Context, s *Store) error { return s.Release(ctx, Lease{Key: "k", Token: "t"}, Announce{}) }},
+	{"Release", func(ctx context.Context, s *Store) error {
+		return s.Release(ctx, Lease{Key: "k", Token: "t"}, Announce{})
+	}},
 }
 
 // checkUnavailable runs every op on s and checks that each fails with an
@@ -338,6 +348,7 @@ func checkUnavailable(t *testing.T, s *Store, bound time.Duration) {
 }
 
 func TestUnavailable(t *testing.T) {
+	t.Parallel()
 	t.Run("stopped server", func(t *testing.T) {
 		eachBackend(t, func(t *testing.T, b backend) {
 			s := b.store(t, "ns")
@@ -420,6 +431,7 @@ func silentServer(t *testing.T) string {
 // TestAnnounce: Set and Delete publish each message of their Announce once,
 // on its channel, after the change they announce.
 func TestAnnounce(t *testing.T) {
+	t.Parallel()
 	msgs := func(ms ...string) [][]byte {
 		var out [][]byte
 		for _, m := range ms {

@@ -46,10 +46,18 @@ type Cache[V any] struct {
 	waitMu  sync.Mutex                            // guards waiters
 	waiters map[string]map[chan struct{}]struct{} // flights waiting for a lease, by key
 
-	stats      counters
-	closed     atomic.Bool
+	stats counters
+
+	closeMu    sync.RWMutex   // orders flights.Add before Close's flights.Wait
+	closed     atomic.Bool    // set with closeMu held for writing
+	closing    chan struct{}  // closed by Close: lease waits end
+	flights    sync.WaitGroup // running flights; Close waits for them
 	closeOnce  sync.Once
 	unregister func()
+
+	// pollMin and pollMax bound the backoff of a flight polling for a lease
+	// (see flight.go); tests raise them to prove that wake messages suffice.
+	pollMin, pollMax time.Duration
 
 	// beforeFill, set only by tests, runs before a value read from Redis
 	// or loaded is offered to L1: the window the fill guard protects.
@@ -80,6 +88,9 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 		bus:     o.Bus,
 		log:     ratelog.New(o.Logger, 5*time.Second),
 		waiters: make(map[string]map[chan struct{}]struct{}),
+		pollMin: pollMin,
+		pollMax: pollMax,
+		closing: make(chan struct{}),
 	}
 	if !o.DisableL1 {
 		c.l1, err = l1.New[*entry[V]](&l1.Options{MaxBytes: o.L1MaxBytes, NumCounters: o.L1NumCounters})
@@ -98,7 +109,23 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 		c.ownsB = true
 	}
 	c.unregister = c.bus.Register(o.Namespace, busHandler[V]{c})
+	if !contextTimeouts(rdb) {
+		c.log.Log(slog.LevelWarn, "tiered: the redis client has ContextTimeoutEnabled off; OpTimeout cannot cut a call to a server that does not answer", nil,
+			slog.String("namespace", o.Namespace))
+	}
 	return c, nil
+}
+
+// contextTimeouts reports whether rdb applies context deadlines to its
+// sockets, for the client types whose options say.
+func contextTimeouts(rdb redis.UniversalClient) bool {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		return c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return c.Options().ContextTimeoutEnabled
+	}
+	return true
 }
 
 // Bus returns the invalidation bus the cache uses.
@@ -108,11 +135,18 @@ func (c *Cache[V]) Bus() *pubsub.Bus { return c.bus }
 func (c *Cache[V]) Stats() Stats { return c.stats.snapshot() }
 
 // Close stops the goroutines New started and drops L1. It is idempotent;
-// afterwards every method returns ErrClosed. It must not be called while
-// other methods are running.
+// afterwards every method returns ErrClosed. Flights in progress stop waiting
+// for leases (their callers get ErrClosed) and Close waits for them to end,
+// so no loader runs after Close returns; a loader that is running is waited
+// for (its context ends after Options.LoadTimeout). Close must not be called
+// while other methods of the cache are running.
 func (c *Cache[V]) Close() error {
 	c.closeOnce.Do(func() {
+		c.closeMu.Lock()
 		c.closed.Store(true)
+		close(c.closing)
+		c.closeMu.Unlock()
+		c.flights.Wait()
 		c.unregister()
 		if c.ownsB {
 			_ = c.bus.Close()
@@ -221,6 +255,14 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, loader Loader[V]) 
 func (c *Cache[V]) flight(ctx context.Context, g *singleflight.Group, key string, fn func(context.Context) (V, error)) (V, error) {
 	fctx := context.WithoutCancel(ctx)
 	ch := g.DoChan(key, func() (any, error) {
+		c.closeMu.RLock()
+		if c.closed.Load() {
+			c.closeMu.RUnlock()
+			return nil, ErrClosed
+		}
+		c.flights.Add(1)
+		c.closeMu.RUnlock()
+		defer c.flights.Done()
 		// fn recovers loader panics itself, so DoChan never re-panics.
 		return fn(fctx)
 	})

@@ -128,7 +128,7 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, key string, load
 	// LeaseTTL, and the next GetOrLease takes it over; this deadline only
 	// guards against a lease that keeps being renewed by others.
 	deadline := time.Now().Add(2*c.o.LeaseTTL + c.o.LoadTimeout)
-	poll, waited, corrupt := pollMin, false, 0
+	poll, waited, corrupt := c.pollMin, false, 0
 	for {
 		res, err := c.l2.GetOrLease(ctx, key, c.o.LeaseTTL)
 		if err != nil {
@@ -160,9 +160,13 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, key string, load
 		select {
 		case <-woken:
 		case <-timer.C:
+		case <-c.closing:
+			timer.Stop()
+			var zero V
+			return zero, ErrClosed
 		}
 		timer.Stop()
-		poll = min(2*poll, pollMax)
+		poll = min(2*poll, c.pollMax)
 	}
 }
 

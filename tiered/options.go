@@ -72,7 +72,11 @@ type Options struct {
 	// Codec encodes values for Redis. Default l2.JSON.
 	Codec l2.Codec
 
-	// OpTimeout bounds every Redis call. Default l2.DefaultOpTimeout (200ms).
+	// OpTimeout bounds every Redis call through its context. Default
+	// l2.DefaultOpTimeout (200ms). go-redis honours a context deadline on the
+	// socket only when the client has ContextTimeoutEnabled set; without it
+	// a call to a server that does not answer lasts the client's
+	// ReadTimeout (3s by default). New logs a warning for such a client.
 	OpTimeout time.Duration
 
 	// LoadTimeout bounds every loader call; the loader's context is

@@ -2,12 +2,15 @@ package tiered
 
 import "sync/atomic"
 
-// Stats are the counters of one [Cache] since New.
+// Stats are the counters of one [Cache] since New. L1 counters count calls;
+// the others count flights (the work shared by concurrent callers of a key,
+// see Cache.GetOrLoad), so L1Hits+L2Hits+Misses is less than the number of
+// calls when callers share flights.
 type Stats struct {
-	L1Hits        uint64 // reads answered from L1 (NegativeHits included)
-	L2Hits        uint64 // reads answered from Redis (NegativeHits included)
+	L1Hits        uint64 // calls answered from L1 (NegativeHits included)
+	L2Hits        uint64 // flights answered from Redis; one flight may answer many callers
 	Misses        uint64 // flights that found the key in neither tier
-	NegativeHits  uint64 // reads answered by a cached "not found"
+	NegativeHits  uint64 // L1 calls and Redis flights answered by a cached "not found"
 	Loads         uint64 // loader calls
 	LoadErrors    uint64 // loader calls that failed (ErrNotFound is not a failure)
 	LeaseWaits    uint64 // flights that waited for another node's lease
@@ -16,7 +19,7 @@ type Stats struct {
 	Corrupt       uint64 // values in Redis that did not decode (each deleted)
 	Rejected      uint64 // rejected inputs: bad keys, values too large or not encodable
 	Invalidations uint64 // keys invalidated by messages from other nodes
-	Resets        uint64 // times L1 was dropped because the bus (re)subscribed: once at start, then once per gap
+	Resets        uint64 // times L1 was dropped because the bus (re)subscribed: once per gap, and possibly once at start
 }
 
 // counters are the live Stats. l1Hits, bumped on the hot path by every

@@ -22,6 +22,7 @@ const (
 	probeInterval  = 2 * time.Millisecond
 	chaosOutage    = 1500 * time.Millisecond // how long a miniredis stays down
 	maxReported    = 10                      // errors and stale reads printed in full
+	recoverWithin  = 5 * time.Second         // for the buses to be back after the load
 )
 
 // driver drives load through the nodes and checks what they answer.
@@ -33,16 +34,18 @@ type driver struct {
 	redis *redisServer
 	http  *http.Client
 
-	acks   ackLog
-	reads  atomic.Uint64 // GETs answered 200 or 404
-	writes atomic.Uint64 // PUTs acknowledged
-	probes sync.WaitGroup
-	conv   durations // probe convergence times
+	acks        ackLog
+	probes      sync.WaitGroup // running probes
+	conv        durations      // how long after the ack each probe converged
+	unconverged atomic.Uint64  // probes that never saw the version they wanted
 
-	errors   atomic.Uint64
-	stale    atomic.Uint64
+	reads  atomic.Uint64 // GETs answered 200, or 404 for an absent id
+	writes atomic.Uint64 // PUTs acknowledged
+	errors atomic.Uint64 // failed requests and wrong answers
+	stale  atomic.Uint64 // stale reads
+
 	mu       sync.Mutex    // guards maxStale
-	maxStale time.Duration // largest lateness of a read of an older version
+	maxStale time.Duration // largest lateness of a read that returned an older version
 }
 
 func newDriver(cfg config, out *printer, nodes []*nodeProc, cat *catalog, rs *redisServer) *driver {
@@ -71,6 +74,10 @@ func (d *driver) run(ctx context.Context) (summary, error) {
 
 	d.out.printf("load: %d readers (Zipf s=%.1f over %d products, %d‰ absent ids), %.0f writes/s, for %v",
 		d.cfg.Readers, zipfS, d.cfg.Products, absentPermille, d.cfg.WriteRate, d.cfg.Duration)
+	base := d.snapshot(ctx, "")
+	if err := base.firstErr(); err != nil {
+		return summary{}, err
+	}
 	loadCtx, cancel := context.WithTimeout(ctx, d.cfg.Duration)
 	defer cancel()
 	start := time.Now()
@@ -79,7 +86,7 @@ func (d *driver) run(ctx context.Context) (summary, error) {
 		wg.Go(func() { d.reader(loadCtx) })
 	}
 	wg.Go(func() { d.writer(ctx, loadCtx.Done()) })
-	wg.Go(func() { d.monitor(loadCtx, start) })
+	wg.Go(func() { d.monitor(loadCtx, start, base) })
 	if d.cfg.Chaos {
 		wg.Go(func() { d.chaos(loadCtx, d.cfg.Duration/2) })
 	}
@@ -90,18 +97,26 @@ func (d *driver) run(ctx context.Context) (summary, error) {
 		return summary{}, err
 	}
 
+	if err := d.waitRecovered(ctx); err != nil {
+		return summary{}, err
+	}
 	if err := d.finalCheck(ctx); err != nil {
 		return summary{}, err
 	}
 	final := d.snapshot(ctx, "")
-	d.checkRecovered(final)
+	var retries uint64
+	for i := range d.nodes {
+		retries += final.stats[i].DeleteRetries
+	}
+	d.out.printf("writes: %d acknowledged; the nodes retried cache.Delete %d times while Redis was unavailable",
+		d.writes.Load(), retries)
 	n, q := d.conv.quantiles(0.5, 0.99, 1)
-	d.out.printf("probe: %d writes acknowledged; %d (write, other node) pairs converged: p50 %s, p99 %s, max %s after the ack",
-		d.writes.Load(), n, ms(q[0]), ms(q[1]), ms(q[2]))
+	d.out.printf("probe: %d (write, other node) pairs converged: p50 %s, p99 %s, max %s after the ack; %d never did",
+		n, ms(q[0]), ms(q[1]), ms(q[2]), d.unconverged.Load())
 	if !d.cfg.Quiet {
 		d.out.printf("")
-		d.out.printf("totals over %v:", elapsed.Round(time.Millisecond))
-		printTotals(d.out, d.nodes, final, elapsed)
+		d.out.printf("load phase totals (%v):", elapsed.Round(time.Millisecond))
+		printTotals(d.out, d.nodes, base, final, elapsed)
 	}
 	s := d.summarize(final, burst)
 	d.out.printf("%s", s)
@@ -266,6 +281,7 @@ func (d *driver) probe(ctx context.Context, writer *nodeProc, want Product, ackA
 				case <-t.C:
 				case <-ctx.Done():
 					t.Stop()
+					d.unconverged.Add(1)
 					return
 				}
 			}
@@ -290,7 +306,7 @@ func (d *driver) finalCheck(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	var extra uint64
+	behind := 0
 	for _, id := range ids {
 		want, err := d.cat.get(ctx, id)
 		if err != nil {
@@ -299,18 +315,21 @@ func (d *driver) finalCheck(ctx context.Context) error {
 		for _, n := range d.nodes {
 			start := time.Now()
 			p := d.read(ctx, n, id)
-			if p.ID == 0 || p.Version >= want.Version || d.check(n, p, start) {
+			if p.ID == 0 || p.Version >= want.Version {
 				continue
 			}
-			extra++
+			behind++
+			if d.check(n, p, start) {
+				continue // counted as stale already
+			}
 			if d.stale.Add(1) <= maxReported {
 				d.out.printf("STALE: %s returned version %d of product %d; the database has version %d",
 					n.name, p.Version, id, want.Version)
 			}
 		}
 	}
-	d.out.printf("final check: %d written products read through %d nodes; %d behind the database",
-		len(ids), len(d.nodes), extra)
+	d.out.printf("final check: %d written products read through %d nodes: %d reads behind the database",
+		len(ids), len(d.nodes), behind)
 	return nil
 }
 
@@ -324,18 +343,42 @@ func (d *driver) chaos(ctx context.Context, after time.Duration) {
 		return
 	}
 	d.out.printf("--- chaos: dropping every connection to %s", d.redis)
-	if err := d.redis.dropConnections(ctx, chaosOutage); err != nil {
+	what, err := d.redis.dropConnections(ctx, chaosOutage)
+	if err != nil {
 		d.fail("chaos: %v", err)
 		return
 	}
-	d.out.printf("--- chaos: %s is accepting connections again", d.redis)
+	d.out.printf("--- chaos: %s", what)
 }
 
-// checkRecovered fails the run if any node's bus is down at the end.
-func (d *driver) checkRecovered(final snapshot) {
-	for i, n := range d.nodes {
-		if final.errs[i] == nil && !final.stats[i].BusHealthy {
-			d.fail("%s: invalidation bus still unhealthy at the end", n.name)
+// waitRecovered waits up to recoverWithin for every node's invalidation bus
+// to be subscribed (after -chaos it may still be reconnecting), and fails
+// the run for each node whose bus is not. It returns ctx's error if ctx ends.
+func (d *driver) waitRecovered(ctx context.Context) error {
+	deadline := time.Now().Add(recoverWithin)
+	for {
+		s := d.snapshot(ctx, "")
+		var down []string
+		for i, n := range d.nodes {
+			if s.errs[i] != nil || !s.stats[i].BusHealthy {
+				down = append(down, n.name)
+			}
+		}
+		if len(down) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			for _, name := range down {
+				d.fail("%s: invalidation bus still down %v after the load", name, recoverWithin)
+			}
+			return nil
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
 		}
 	}
 }

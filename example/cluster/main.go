@@ -54,6 +54,10 @@ func parentMain(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	s, err := run(ctx, cfg, os.Stdout)
+	if err != nil && ctx.Err() != nil {
+		fmt.Fprintln(os.Stderr, "cluster: interrupted; nodes stopped, files removed")
+		return 130
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "cluster:", err)
 		return 1

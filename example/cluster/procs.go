@@ -125,16 +125,6 @@ func (p *nodeProc) stop() {
 	}
 }
 
-// alive reports whether the process is still running.
-func (p *nodeProc) alive() bool {
-	select {
-	case <-p.exited:
-		return false
-	default:
-		return true
-	}
-}
-
 // stopNodes stops every node, all at once.
 func stopNodes(nodes []*nodeProc) {
 	done := make(chan struct{})

@@ -35,11 +35,11 @@ func startRedis(ctx context.Context, addr string) (*redisServer, error) {
 	if err := mr.StartAddr("127.0.0.1:0"); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	clockCtx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		runClock(ctx, mr)
+		runClock(clockCtx, mr)
 	}()
 	return &redisServer{addr: mr.Addr(), mr: mr, stopClock: func() { cancel(); <-done }}, nil
 }
@@ -72,11 +72,13 @@ func (s *redisServer) String() string {
 }
 
 // dropConnections cuts every client connection, the nodes' pub/sub
-// subscriptions included. A miniredis is shut down for outage and restarted
-// on the same port with its data; on a real server the clients are killed
-// with CLIENT KILL and may reconnect at once.
-func (s *redisServer) dropConnections(ctx context.Context, outage time.Duration) error {
+// subscriptions included, and describes what it did. A miniredis is shut
+// down for outage (less if ctx ends first) and restarted on the same port
+// with its data; on a real server the clients are killed with CLIENT KILL
+// and may reconnect at once.
+func (s *redisServer) dropConnections(ctx context.Context, outage time.Duration) (string, error) {
 	if s.mr != nil {
+		down := time.Now()
 		s.mr.Close()
 		t := time.NewTimer(outage)
 		select {
@@ -84,16 +86,23 @@ func (s *redisServer) dropConnections(ctx context.Context, outage time.Duration)
 		case <-ctx.Done():
 			t.Stop()
 		}
-		return s.mr.Restart()
+		if err := s.mr.Restart(); err != nil {
+			return "", fmt.Errorf("restarting miniredis: %w", err)
+		}
+		return fmt.Sprintf("miniredis was down for %v; restarted on the same port with its data",
+			time.Since(down).Round(100*time.Millisecond)), nil
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: s.addr})
 	defer rdb.Close()
-	for _, typ := range []string{"normal", "pubsub"} {
-		if err := rdb.Do(ctx, "CLIENT", "KILL", "TYPE", typ).Err(); err != nil {
-			return fmt.Errorf("CLIENT KILL TYPE %s: %w", typ, err)
+	var killed [2]int64
+	for i, typ := range []string{"normal", "pubsub"} {
+		n, err := rdb.Do(ctx, "CLIENT", "KILL", "TYPE", typ).Int64()
+		if err != nil {
+			return "", fmt.Errorf("CLIENT KILL TYPE %s: %w", typ, err)
 		}
+		killed[i] = n
 	}
-	return nil
+	return fmt.Sprintf("killed %d client connections and %d pub/sub connections", killed[0], killed[1]), nil
 }
 
 // Close stops a miniredis; a real server is left alone.

@@ -26,9 +26,8 @@ const (
 )
 
 // monitor prints one row per node every second until ctx is done: the
-// counters' increase over that second.
-func (d *driver) monitor(ctx context.Context, start time.Time) {
-	prev := d.snapshot(ctx, "")
+// increase of its counters over that second, starting from prev.
+func (d *driver) monitor(ctx context.Context, start time.Time, prev snapshot) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for i := 0; ; i++ {
@@ -74,15 +73,16 @@ func row(label, name string, a, b nodeStats, dt time.Duration) string {
 		bc.Resets-ac.Resets, bc.L2Errors-ac.L2Errors, bus)
 }
 
-// printTotals prints each node's counters since it started.
-func printTotals(out *printer, nodes []*nodeProc, s snapshot, elapsed time.Duration) {
+// printTotals prints the increase of each node's counters from base to
+// final, over elapsed.
+func printTotals(out *printer, nodes []*nodeProc, base, final snapshot, elapsed time.Duration) {
 	out.printf("%s", tableHeader)
 	for i, n := range nodes {
-		if s.errs[i] != nil {
-			out.printf("%6s  %-6s %v", "total", n.name, s.errs[i])
+		if final.errs[i] != nil {
+			out.printf("%6s  %-6s %v", "total", n.name, final.errs[i])
 			continue
 		}
-		out.printf("%s", row("total", n.name, nodeStats{}, s.stats[i], elapsed))
+		out.printf("%s", row("total", n.name, base.stats[i], final.stats[i], elapsed))
 	}
 }
 
