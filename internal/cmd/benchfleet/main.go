@@ -8,7 +8,7 @@
 // one line of key=value pairs per workload on stdout:
 //
 //	workload=stampede nodes=3 callers=300 keys=20 loader_ms=50 loads_per_key_mean=… loads_per_key_max=… follower_p50_ms=… follower_p99_ms=…
-//	workload=invalidate nodes=3 trials=200 p50_ms=… p99_ms=… max_ms=… stale_after_2s=… ryw_stale=… publish_p99_ms=…
+//	workload=invalidate nodes=3 trials=200 p50_ms=… p99_ms=… max_ms=… stale_after_2s=… ryw_stale=… publish_p99_ms=… reload_p99_ms=…
 //
 // Progress, diagnostics and the comparison with the targets go to stderr.
 // Every figure is measured; none is clamped. The exit status is non-zero when
@@ -247,8 +247,8 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return fmt.Errorf("invalidate: %w", err)
 	}
-	fmt.Printf("workload=invalidate nodes=%d trials=%d p50_ms=%.2f p99_ms=%.2f max_ms=%.2f stale_after_2s=%d ryw_stale=%d publish_p99_ms=%.2f\n",
-		cfg.nodes, cfg.trials, msf(inv.p50), msf(inv.p99), msf(inv.max), inv.staleAfter2s, inv.rywStale, msf(inv.publishP99))
+	fmt.Printf("workload=invalidate nodes=%d trials=%d p50_ms=%.2f p99_ms=%.2f max_ms=%.2f stale_after_2s=%d ryw_stale=%d publish_p99_ms=%.2f reload_p99_ms=%.2f\n",
+		cfg.nodes, cfg.trials, msf(inv.p50), msf(inv.p99), msf(inv.max), inv.staleAfter2s, inv.rywStale, msf(inv.publishP99), msf(inv.reloadP99))
 
 	report(cfg, st, inv, nodes)
 	if inv.unconverged > 0 {
@@ -270,9 +270,9 @@ func report(cfg config, st stampedeResult, inv invalidateResult, nodes []*node) 
 	lim := cfg.loader + 5*time.Millisecond
 	fmt.Fprintf(os.Stderr, "benchfleet: stampede: follower_p99=%.2fms (target ≤ loader+5ms = %.2fms): %s; follower max=%.2fms, leader p50=%.2fms\n",
 		msf(st.followerP99), msf(lim), verdict(st.followerP99 <= lim), msf(st.followerMax), msf(st.leaderP50))
-	budget := 2*inv.publishP99 + inv.rttP99
-	fmt.Fprintf(os.Stderr, "benchfleet: invalidate: p99=%.2fms (target ≤ 2×publish_p99 + reload = 2×%.2f + %.2f = %.2fms, reload = Redis PING p99 + a loader that does not sleep): %s\n",
-		msf(inv.p99), msf(inv.publishP99), msf(inv.rttP99), msf(budget), verdict(inv.p99 <= budget))
+	budget := 2*inv.publishP99 + inv.reloadP99
+	fmt.Fprintf(os.Stderr, "benchfleet: invalidate: p99=%.2fms (target ≤ 2×publish_p99 + one reload = 2×%.2f + %.2f = %.2fms; one reload = p99 of a cold GetOrLoad measured in this run, PING p99 %.2fms): %s\n",
+		msf(inv.p99), msf(inv.publishP99), msf(inv.reloadP99), msf(budget), msf(inv.rttP99), verdict(inv.p99 <= budget))
 	fmt.Fprintf(os.Stderr, "benchfleet: invalidate: stale_after_2s=%d ryw_stale=%d (targets 0): %s; publish p50=%.2fms max=%.2fms; flip-backs after convergence=%d\n",
 		inv.staleAfter2s, inv.rywStale, verdict(inv.staleAfter2s == 0 && inv.rywStale == 0),
 		msf(inv.publishP50), msf(inv.publishMax), inv.flipBacks)
@@ -466,6 +466,7 @@ type invalidateResult struct {
 	publishP50, publishP99 time.Duration
 	publishMax             time.Duration
 	rttP99                 time.Duration
+	reloadP99              time.Duration // a cold GetOrLoad: Redis miss, lease, load, fill
 }
 
 // invalidate runs cfg.trials trials. In each, on a fresh key, every node
@@ -688,6 +689,7 @@ func invalidate(ctx context.Context, cfg config, nodes []*node, addr string) (in
 	res.flipBacks = flipBacks.Load()
 	res.publishP50, res.publishP99, res.publishMax = pct(pubLat, 0.50), pct(pubLat, 0.99), pct(pubLat, 1)
 	res.rttP99 = pct(rtt, 0.99)
+	res.reloadP99 = pct(writerReload, 0.99)
 	return res, nil
 }
 
