@@ -251,10 +251,16 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, loader Loader[V]) 
 
 // flight runs fn once for all concurrent callers of key in g. fn runs on a
 // context that keeps ctx's values but not its cancellation, so that one
-// caller leaving does not fail the others; each caller waits on its own ctx.
+// caller leaving does not fail the others.
+//
+// A caller whose ctx can be cancelled waits through DoChan on its own ctx
+// and may leave early; the flight then runs on a goroutine of its own. A
+// caller whose ctx can never be cancelled (ctx.Done() == nil) has no reason
+// to leave, so it uses Do, which runs the flight on the caller's goroutine
+// when it leads and saves a goroutine hand-off (measured in
+// docs/benchmarks.md). Both kinds join the same flights.
 func (c *Cache[V]) flight(ctx context.Context, g *singleflight.Group, key string, fn func(context.Context) (V, error)) (V, error) {
-	fctx := context.WithoutCancel(ctx)
-	ch := g.DoChan(key, func() (any, error) {
+	run := func() (any, error) {
 		c.closeMu.RLock()
 		if c.closed.Load() {
 			c.closeMu.RUnlock()
@@ -263,9 +269,15 @@ func (c *Cache[V]) flight(ctx context.Context, g *singleflight.Group, key string
 		c.flights.Add(1)
 		c.closeMu.RUnlock()
 		defer c.flights.Done()
-		// fn recovers loader panics itself, so DoChan never re-panics.
-		return fn(fctx)
-	})
+		// fn recovers loader panics itself, so Do and DoChan never re-panic.
+		return fn(context.WithoutCancel(ctx))
+	}
+	if ctx.Done() == nil {
+		r, err, _ := g.Do(key, run)
+		v, _ := r.(V)
+		return v, err
+	}
+	ch := g.DoChan(key, run)
 	select {
 	case r := <-ch:
 		v, _ := r.Val.(V)

@@ -33,14 +33,16 @@ func (c *Cache[V]) begin(key string) l1.Ticket {
 }
 
 // fill stores a loaded entry in L1 if no invalidation of key happened since t.
-func (c *Cache[V]) fill(t l1.Ticket, key string, e *entry[V], cost int, ttl time.Duration) {
+// The entry is built here, not by callers, so that nothing is allocated when
+// L1 is off.
+func (c *Cache[V]) fill(t l1.Ticket, key string, v V, neg bool, cost int, ttl time.Duration) {
 	if c.l1 == nil {
 		return
 	}
 	if c.beforeFill != nil {
 		c.beforeFill(key)
 	}
-	c.l1.Fill(t, key, e, int64(cost+len(key)), ttl)
+	c.l1.Fill(t, key, &entry[V]{v: v, neg: neg}, int64(cost+len(key)), ttl)
 }
 
 // fetch is the flight of Get: L1 again, then Redis.
@@ -90,7 +92,7 @@ func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte)
 	}
 	c.stats.l2Hits.Add(1)
 	ttl := min(c.o.L1TTL, time.Until(env.Expiry))
-	c.fill(t, key, &entry[V]{v: v, neg: env.Negative}, len(raw), ttl)
+	c.fill(t, key, v, env.Negative, len(raw), ttl)
 	if env.Negative {
 		c.stats.negativeHits.Add(1)
 		return v, ErrNotFound, true
@@ -210,7 +212,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, key string, loa
 		c.stats.staleDiscards.Add(1)
 		return v, err
 	}
-	c.fill(t, key, &entry[V]{v: v, neg: neg}, len(env), min(c.o.L1TTL, ttl))
+	c.fill(t, key, v, neg, len(env), min(c.o.L1TTL, ttl))
 	return v, err
 }
 
@@ -223,10 +225,11 @@ func (c *Cache[V]) loadUnleased(ctx context.Context, t l1.Ticket, key string, lo
 	switch {
 	case err == nil:
 		if env, ttl, eerr := c.encode(v, false); eerr == nil {
-			c.fill(t, key, &entry[V]{v: v}, len(env), min(c.o.L1TTL, ttl))
+			c.fill(t, key, v, false, len(env), min(c.o.L1TTL, ttl))
 		}
 	case neg && c.o.NegativeTTL > 0:
-		c.fill(t, key, &entry[V]{neg: true}, l2.HeaderSize, min(c.o.L1TTL, c.o.NegativeTTL))
+		var zero V
+		c.fill(t, key, zero, true, l2.HeaderSize, min(c.o.L1TTL, c.o.NegativeTTL))
 	}
 	return v, err
 }
