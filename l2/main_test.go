@@ -3,7 +3,6 @@ package l2
 import (
 	"context"
 	"fmt"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -16,14 +15,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// Tests stop servers on purpose; go-redis would log every failed dial.
-	redis.SetLogger(quietLogger{})
+	redistest.QuietLogs()
 	leakcheck.Main(m)
 }
-
-type quietLogger struct{}
-
-func (quietLogger) Printf(context.Context, string, ...any) {}
 
 // waitTimeout bounds every wait for something Redis does asynchronously.
 const waitTimeout = 5 * time.Second
@@ -44,23 +38,11 @@ type backend struct {
 func backends(t *testing.T) []backend {
 	t.Helper()
 	var bs []backend
-	for _, cluster := range []bool{false, true} {
-		mr := miniredis.NewMiniRedis()
-		if err := mr.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(mr.Close)
-		name := "miniredis"
-		if cluster {
-			name = "miniredis-cluster"
-		}
-		bs = append(bs, backend{name: name, addr: mr.Addr(), mr: mr, cluster: cluster, stop: mr.Close})
+	for _, b := range redistest.Backends(t) {
+		bs = append(bs, backend{name: b.Name, addr: b.Addr, mr: b.Mini, stop: b.Stop})
 	}
-	if redistest.Available() || os.Getenv("REQUIRE_REDIS") == "1" {
-		s := redistest.Start(t)
-		bs = append(bs, backend{name: "redis-server", addr: s.Addr, stop: s.Stop})
-	}
-	return bs
+	c := redistest.Mini(t)
+	return append(bs, backend{name: "miniredis-cluster", addr: c.Addr, mr: c.Mini, cluster: true, stop: c.Stop})
 }
 
 // eachBackend runs f as a parallel subtest against every backend.
@@ -94,9 +76,7 @@ func (b backend) client(t *testing.T) redis.UniversalClient {
 // subscribing, closed when t ends.
 func (b backend) plain(t *testing.T) *redis.Client {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: b.addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
-	t.Cleanup(func() { c.Close() })
-	return c
+	return redistest.Client(t, b.addr)
 }
 
 // store returns a Store of namespace ns over a new client.

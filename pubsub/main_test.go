@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -20,14 +19,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// Tests cut connections on purpose; go-redis would log every failure.
-	redis.SetLogger(quietLogger{})
+	redistest.QuietLogs()
 	leakcheck.Main(m)
 }
-
-type quietLogger struct{}
-
-func (quietLogger) Printf(context.Context, string, ...any) {}
 
 // waitTimeout bounds every wait for something the bus does asynchronously.
 const waitTimeout = 10 * time.Second
@@ -43,15 +37,9 @@ type backend struct {
 // (required with REQUIRE_REDIS=1), a fresh real server.
 func backends(t *testing.T) []backend {
 	t.Helper()
-	mr := miniredis.NewMiniRedis()
-	if err := mr.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(mr.Close)
-	bs := []backend{{name: "miniredis", addr: mr.Addr(), mr: mr}}
-	if redistest.Available() || os.Getenv("REQUIRE_REDIS") == "1" {
-		s := redistest.Start(t)
-		bs = append(bs, backend{name: "redis-server", addr: s.Addr})
+	var bs []backend
+	for _, b := range redistest.Backends(t) {
+		bs = append(bs, backend{name: b.Name, addr: b.Addr, mr: b.Mini})
 	}
 	return bs
 }
@@ -70,9 +58,7 @@ func eachBackend(t *testing.T, f func(t *testing.T, b backend)) {
 // client returns a client of addr, closed when t ends.
 func client(t *testing.T, addr string) *redis.Client {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
-	t.Cleanup(func() { c.Close() })
-	return c
+	return redistest.Client(t, addr)
 }
 
 // startBus starts a bus on its own client of addr, closed when t ends.

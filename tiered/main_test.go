@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/leakcheck"
@@ -40,15 +39,9 @@ type backend struct {
 // (required with REQUIRE_REDIS=1), a fresh real server.
 func backends(t *testing.T) []backend {
 	t.Helper()
-	mr := miniredis.NewMiniRedis()
-	if err := mr.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(mr.Close)
-	bs := []backend{{name: "miniredis", addr: mr.Addr(), stop: mr.Close}}
-	if redistest.Available() || os.Getenv("REQUIRE_REDIS") == "1" {
-		s := redistest.Start(t)
-		bs = append(bs, backend{name: "redis-server", addr: s.Addr, stop: s.Stop})
+	var bs []backend
+	for _, b := range redistest.Backends(t) {
+		bs = append(bs, backend{name: b.Name, addr: b.Addr, stop: b.Stop})
 	}
 	return bs
 }

@@ -1,0 +1,61 @@
+package redistest
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// Backend is a Redis server owned by one test: a miniredis, or a real
+// redis-server started by Start.
+type Backend struct {
+	Name string
+	Addr string
+	Mini *miniredis.Miniredis // nil for a real redis-server
+	Stop func()               // stops the server; idempotent
+}
+
+// Backends returns a fresh miniredis and, when redis-server is available
+// (required with REQUIRE_REDIS=1), a fresh real server. Both stop when tb
+// ends.
+func Backends(tb testing.TB) []Backend {
+	tb.Helper()
+	bs := []Backend{Mini(tb)}
+	if Available() || os.Getenv("REQUIRE_REDIS") == "1" {
+		s := Start(tb)
+		bs = append(bs, Backend{Name: "redis-server", Addr: s.Addr, Stop: s.Stop})
+	}
+	return bs
+}
+
+// Mini returns a fresh miniredis that stops when tb ends.
+func Mini(tb testing.TB) Backend {
+	tb.Helper()
+	mr := miniredis.NewMiniRedis()
+	if err := mr.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(mr.Close)
+	return Backend{Name: "miniredis", Addr: mr.Addr(), Mini: mr, Stop: mr.Close}
+}
+
+// Client returns a client of addr that fails fast (no retries, short dial
+// timeout), closed when tb ends.
+func Client(tb testing.TB, addr string) *redis.Client {
+	tb.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// QuietLogs silences go-redis's logger: tests stop servers and cut
+// connections on purpose, and go-redis would log every failed dial.
+func QuietLogs() { redis.SetLogger(quietLogger{}) }
+
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}
