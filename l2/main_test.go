@@ -162,22 +162,6 @@ func (b backend) subscribe(t *testing.T, ch string) *subscriber {
 	return &subscriber{t: t, rdb: rdb, ps: ps, ch: ch}
 }
 
-// next returns the payload of the next message.
-func (s *subscriber) next() string {
-	s.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
-	defer cancel()
-	for {
-		msg, err := s.ps.Receive(ctx)
-		if err != nil {
-			s.t.Fatalf("no message on %s: %v", s.ch, err)
-		}
-		if m, ok := msg.(*redis.Message); ok {
-			return m.Payload
-		}
-	}
-}
-
 // collect runs op and returns the payloads it published on the channel,
 // in order, duplicates included: a receiver reads the channel while op runs,
 // calling onMessage on each payload as it arrives, until a sentinel that
