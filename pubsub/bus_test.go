@@ -101,8 +101,8 @@ func TestBusEncode(t *testing.T) {
 
 func TestWaitHealthy(t *testing.T) {
 	t.Parallel()
-	eachBackend(t, func(t *testing.T, be backend) {
-		b := startBus(t, be.addr, nil)
+	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
+		b := startBus(t, be.Addr, nil)
 		waitHealthy(t, b)
 		waitHealthy(t, b) // again, at once
 		if err := b.Close(); err != nil {
@@ -165,10 +165,10 @@ func TestUnreachable(t *testing.T) {
 // namespace, once, and no other; a node ignores its own messages.
 func TestDelivery(t *testing.T) {
 	t.Parallel()
-	eachBackend(t, func(t *testing.T, be backend) {
-		rdb := client(t, be.addr)
-		recv := healthyBus(t, be.addr, &Options{NodeID: "receiver"})
-		send := healthyBus(t, be.addr, &Options{NodeID: "sender"})
+	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
+		rdb := client(t, be.Addr)
+		recv := healthyBus(t, be.Addr, &Options{NodeID: "receiver"})
+		send := healthyBus(t, be.Addr, &Options{NodeID: "sender"})
 		p1, p2, q, own := newRecorder(recv), newRecorder(recv), newRecorder(recv), newRecorder(send)
 		recv.Register("p", p1)
 		recv.Register("p", p2)
@@ -243,9 +243,9 @@ func TestDelivery(t *testing.T) {
 // TestOwnMessages: a bus ignores what it published itself, and counts it.
 func TestOwnMessages(t *testing.T) {
 	t.Parallel()
-	eachBackend(t, func(t *testing.T, be backend) {
-		rdb := client(t, be.addr)
-		b := healthyBus(t, be.addr, nil)
+	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
+		rdb := client(t, be.Addr)
+		b := healthyBus(t, be.Addr, nil)
 		r := newRecorder(b)
 		b.Register("ns", r)
 		r.pending()
@@ -277,9 +277,9 @@ func TestGarbled(t *testing.T) {
 		{'T', 1, 1, 1, 'n', 2, 'n', 's', 1, 1, 'k', 0},              // trailing byte
 		append([]byte{'T', 1, 1}, make([]byte, MaxMessageBytes)...), // too large
 	}
-	eachBackend(t, func(t *testing.T, be backend) {
-		rdb := client(t, be.addr)
-		b := healthyBus(t, be.addr, nil)
+	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
+		rdb := client(t, be.Addr)
+		b := healthyBus(t, be.Addr, nil)
 		r := newRecorder(b)
 		b.Register("ns", r)
 		r.pending()
@@ -302,9 +302,9 @@ func TestGarbled(t *testing.T) {
 
 func TestUnregister(t *testing.T) {
 	t.Parallel()
-	eachBackend(t, func(t *testing.T, be backend) {
-		rdb := client(t, be.addr)
-		b := healthyBus(t, be.addr, nil)
+	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
+		rdb := client(t, be.Addr)
+		b := healthyBus(t, be.Addr, nil)
 		kept, dropped, alone := newRecorder(b), newRecorder(b), newRecorder(b)
 		b.Register("p", kept)
 		unregister := b.Register("p", dropped)
@@ -424,9 +424,9 @@ func slogLogger(h *logCapture) *slog.Logger { return slog.New(h) }
 // recovers as after CLIENT KILL. Runs on every backend through a proxy.
 func TestConnectionCut(t *testing.T) {
 	t.Parallel()
-	eachBackend(t, func(t *testing.T, be backend) {
-		rdb := client(t, be.addr)
-		p := startProxy(t, be.addr)
+	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
+		rdb := client(t, be.Addr)
+		p := startProxy(t, be.Addr)
 		b := startBus(t, p.addr(), &Options{HealthInterval: 100 * time.Millisecond})
 		recs := registerThree(b)
 		waitHealthy(t, b)
@@ -453,9 +453,9 @@ func TestConnectionCut(t *testing.T) {
 // closed is detected by the PING health check within two intervals.
 func TestSilentConnection(t *testing.T) {
 	t.Parallel()
-	eachBackend(t, func(t *testing.T, be backend) {
-		rdb := client(t, be.addr)
-		p := startProxy(t, be.addr)
+	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
+		rdb := client(t, be.Addr)
+		p := startProxy(t, be.Addr)
 		logs := newLogCapture()
 		b := startBus(t, p.addr(), &Options{HealthInterval: 100 * time.Millisecond, Logger: slogLogger(logs)})
 		logs.bus.Store(b)
@@ -500,7 +500,7 @@ func TestServerRestart(t *testing.T) {
 // even while the connection is silently dead.
 func TestClose(t *testing.T) {
 	t.Parallel()
-	eachBackend(t, func(t *testing.T, be backend) {
+	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
 		for _, tc := range []struct {
 			name   string
 			before func(p *proxy)
@@ -510,7 +510,7 @@ func TestClose(t *testing.T) {
 			{"connection cut", func(p *proxy) { p.cut(true) }},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				p := startProxy(t, be.addr)
+				p := startProxy(t, be.Addr)
 				b := startBus(t, p.addr(), &Options{HealthInterval: time.Minute})
 				r := newRecorder(b)
 				b.Register("ns", r)

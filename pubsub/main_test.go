@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/leakcheck"
@@ -25,35 +24,6 @@ func TestMain(m *testing.M) {
 
 // waitTimeout bounds every wait for something the bus does asynchronously.
 const waitTimeout = 10 * time.Second
-
-// backend is a Redis server one test owns.
-type backend struct {
-	name string
-	addr string
-	mr   *miniredis.Miniredis // nil for a real redis-server
-}
-
-// backends returns a fresh miniredis and, when redis-server is available
-// (required with REQUIRE_REDIS=1), a fresh real server.
-func backends(t *testing.T) []backend {
-	t.Helper()
-	var bs []backend
-	for _, b := range redistest.Backends(t) {
-		bs = append(bs, backend{name: b.Name, addr: b.Addr, mr: b.Mini})
-	}
-	return bs
-}
-
-// eachBackend runs f as a parallel subtest against every backend.
-func eachBackend(t *testing.T, f func(t *testing.T, b backend)) {
-	t.Helper()
-	for _, b := range backends(t) {
-		t.Run(b.name, func(t *testing.T) {
-			t.Parallel()
-			f(t, b)
-		})
-	}
-}
 
 // client returns a client of addr, closed when t ends.
 func client(t *testing.T, addr string) *redis.Client {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/l2"
 )
 
@@ -52,9 +53,9 @@ func TestNewValidatesOptions(t *testing.T) {
 // TestCacheAside is the seed's test: the first read loads, the second makes
 // no database call, and after Delete the key is gone from both tiers.
 func TestCacheAside(t *testing.T) {
-	eachBackend(t, func(t *testing.T, b backend) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
-		c, rdb := newNode[Product](t, b.addr, Options{})
+		c, rdb := newNode[Product](t, b.Addr, Options{})
 		db := &countingDB{rows: map[string]Product{"1": {ID: 1, Name: "cup", Version: 1}}}
 
 		first, err := c.GetOrLoad(ctx, "1", db)
@@ -98,9 +99,9 @@ func TestCacheAside(t *testing.T) {
 // TestSingleflight: N goroutines missing one key make one Redis read and one
 // loader call.
 func TestSingleflight(t *testing.T) {
-	eachBackend(t, func(t *testing.T, b backend) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
-		c, rdb := newNode[Product](t, b.addr, Options{})
+		c, rdb := newNode[Product](t, b.Addr, Options{})
 		counter := &cmdCounter{}
 		rdb.AddHook(counter)
 		release := make(chan struct{})
@@ -146,8 +147,8 @@ func TestSingleflight(t *testing.T) {
 // TestCallerCancelDoesNotFailOthers: the shared load does not run on the
 // first caller's context.
 func TestCallerCancelDoesNotFailOthers(t *testing.T) {
-	eachBackend(t, func(t *testing.T, b backend) {
-		c, _ := newNode[Product](t, b.addr, Options{})
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
+		c, _ := newNode[Product](t, b.Addr, Options{})
 		started, release := make(chan struct{}), make(chan struct{})
 		db := LoaderFunc[Product](func(ctx context.Context, key string) (Product, error) {
 			close(started)
@@ -187,9 +188,9 @@ func TestCallerCancelDoesNotFailOthers(t *testing.T) {
 // TestLoaderPanic: every waiter gets an error wrapping the panic; the
 // process survives and the key can be loaded afterwards.
 func TestLoaderPanic(t *testing.T) {
-	eachBackend(t, func(t *testing.T, b backend) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
-		c, rdb := newNode[Product](t, b.addr, Options{})
+		c, rdb := newNode[Product](t, b.Addr, Options{})
 		boom := errors.New("boom")
 		started, release := make(chan struct{}), make(chan struct{})
 		db := LoaderFunc[Product](func(ctx context.Context, key string) (Product, error) {
@@ -264,11 +265,11 @@ func (h *logRecorder) count(prefix string) int {
 // Get returns ErrUnavailable, not ErrNotFound; failures are counted and
 // logged at a limited rate.
 func TestRedisDown(t *testing.T) {
-	eachBackend(t, func(t *testing.T, b backend) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
 		rec := &logRecorder{}
-		c, _ := newNode[Product](t, b.addr, Options{Logger: slog.New(rec), OpTimeout: 100 * time.Millisecond})
-		b.stop()
+		c, _ := newNode[Product](t, b.Addr, Options{Logger: slog.New(rec), OpTimeout: 100 * time.Millisecond})
+		b.Stop()
 		db := &countingDB{rows: map[string]Product{"1": {ID: 1}, "2": {ID: 2}}}
 		for _, k := range []string{"1", "2", "1"} {
 			p, err := c.GetOrLoad(ctx, k, db)
@@ -299,9 +300,9 @@ func TestRedisDown(t *testing.T) {
 // TestBadInput: bad keys and values get a sentinel error and nothing is read,
 // loaded or written.
 func TestBadInput(t *testing.T) {
-	eachBackend(t, func(t *testing.T, b backend) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
-		c, rdb := newNode[string](t, b.addr, Options{MaxKeyBytes: 8, MaxValueBytes: 16})
+		c, rdb := newNode[string](t, b.Addr, Options{MaxKeyBytes: 8, MaxValueBytes: 16})
 		loader := LoaderFunc[string](func(context.Context, string) (string, error) {
 			t.Error("loader called for a bad key")
 			return "", nil
@@ -370,9 +371,9 @@ func TestCorruptValue(t *testing.T) {
 		"codec rejects":  l2.Envelope{Expiry: time.Now().Add(time.Hour), Payload: []byte(`{"id":`)}.AppendBinary(nil),
 		"codec wrong ty": l2.Envelope{Expiry: time.Now().Add(time.Hour), Payload: []byte(`"a string"`)}.AppendBinary(nil),
 	}
-	eachBackend(t, func(t *testing.T, b backend) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
-		c, rdb := newNode[Product](t, b.addr, Options{})
+		c, rdb := newNode[Product](t, b.Addr, Options{})
 		var corrupt uint64
 		for name, raw := range cases {
 			t.Run(name, func(t *testing.T) {
@@ -411,14 +412,14 @@ func TestCorruptValue(t *testing.T) {
 // TestCorruptDeleteKeepsNewValue: deleting a corrupt value must not delete a
 // good value written after it was read.
 func TestCorruptDeleteKeepsNewValue(t *testing.T) {
-	eachBackend(t, func(t *testing.T, b backend) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
-		c, rdb := newNode[Product](t, b.addr, Options{})
+		c, rdb := newNode[Product](t, b.Addr, Options{})
 		rdb.Set(ctx, "test:{k}", "garbage", time.Minute)
 		// Between the read of the garbage and its deletion, another node
 		// writes a good value.
 		raw, _ := c.l2.Get(ctx, "k")
-		other, _ := newNode[Product](t, b.addr, Options{})
+		other, _ := newNode[Product](t, b.Addr, Options{})
 		if err := other.Set(ctx, "k", Product{ID: 5}); err != nil {
 			t.Fatal(err)
 		}
@@ -435,9 +436,9 @@ func TestCorruptDeleteKeepsNewValue(t *testing.T) {
 // TestFillGuardDeleteDuringLoad: a value loaded before a Delete must not be
 // stored in L1 or Redis after it.
 func TestFillGuardDeleteDuringLoad(t *testing.T) {
-	eachBackend(t, func(t *testing.T, b backend) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
-		c, rdb := newNode[Product](t, b.addr, Options{})
+		c, rdb := newNode[Product](t, b.Addr, Options{})
 		started, release := make(chan struct{}), make(chan struct{})
 		done := make(chan Product)
 		go func() {
@@ -474,9 +475,9 @@ func TestFillGuardDeleteDuringLoad(t *testing.T) {
 func TestFillGuardL2Hit(t *testing.T) {
 	for _, write := range []string{"Delete", "Set"} {
 		t.Run(write, func(t *testing.T) {
-			eachBackend(t, func(t *testing.T, b backend) {
+			redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 				ctx := context.Background()
-				c, _ := newNode[Product](t, b.addr, Options{})
+				c, _ := newNode[Product](t, b.Addr, Options{})
 				if err := c.Set(ctx, "1", Product{Version: 1}); err != nil {
 					t.Fatal(err)
 				}
@@ -526,10 +527,10 @@ func TestFillGuardL2Hit(t *testing.T) {
 // TestNoReadYourWriteFromL1: correctness never depends on an L1 write being
 // applied. With an L1 too small to admit anything, every Set is read back.
 func TestNoReadYourWriteFromL1(t *testing.T) {
-	eachBackend(t, func(t *testing.T, b backend) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
 		for _, size := range []int64{1, 64 << 20} {
-			c, _ := newNode[Product](t, b.addr, Options{Namespace: fmt.Sprint("ryw", size), L1MaxBytes: size})
+			c, _ := newNode[Product](t, b.Addr, Options{Namespace: fmt.Sprint("ryw", size), L1MaxBytes: size})
 			for i := range 200 {
 				if err := c.Set(ctx, "k", Product{Version: i}); err != nil {
 					t.Fatal(err)
@@ -545,9 +546,9 @@ func TestNoReadYourWriteFromL1(t *testing.T) {
 
 // TestNegativeCaching: a loader's ErrNotFound is cached for NegativeTTL.
 func TestNegativeCaching(t *testing.T) {
-	eachBackend(t, func(t *testing.T, b backend) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
-		c, rdb := newNode[Product](t, b.addr, Options{NegativeTTL: 30 * time.Second})
+		c, rdb := newNode[Product](t, b.Addr, Options{NegativeTTL: 30 * time.Second})
 		db := &countingDB{rows: map[string]Product{}}
 		for i := range 3 {
 			if _, err := c.GetOrLoad(ctx, "nope", db); !errors.Is(err, ErrNotFound) {
@@ -566,7 +567,7 @@ func TestNegativeCaching(t *testing.T) {
 			t.Fatalf("negative entry PTTL = %v, want (0, 30s]", pttl)
 		}
 		// Another node sees the negative entry in Redis.
-		other, _ := newNode[Product](t, b.addr, Options{})
+		other, _ := newNode[Product](t, b.Addr, Options{})
 		if _, err := other.Get(ctx, "nope"); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("other node: %v", err)
 		}
@@ -579,9 +580,9 @@ func TestNegativeCaching(t *testing.T) {
 // TestTTLs: every value gets a Redis TTL in [TTL, TTL+Jitter), and an L1
 // entry never outlives what was left of its Redis TTL.
 func TestTTLs(t *testing.T) {
-	eachBackend(t, func(t *testing.T, b backend) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
-		c, rdb := newNode[Product](t, b.addr, Options{TTL: time.Hour, Jitter: time.Minute, L1TTL: time.Hour})
+		c, rdb := newNode[Product](t, b.Addr, Options{TTL: time.Hour, Jitter: time.Minute, L1TTL: time.Hour})
 		for i := range 20 {
 			k := fmt.Sprint(i)
 			if err := c.Set(ctx, k, Product{ID: i}); err != nil {
@@ -608,7 +609,7 @@ func TestTTLs(t *testing.T) {
 		}
 		// L1TTL bounds how long an entry lives in L1 whatever its Redis TTL:
 		// the backstop against an invalidation lost without a visible gap.
-		short, _ := newNode[Product](t, b.addr, Options{Namespace: "l1ttl", TTL: time.Hour, L1TTL: 200 * time.Millisecond})
+		short, _ := newNode[Product](t, b.Addr, Options{Namespace: "l1ttl", TTL: time.Hour, L1TTL: 200 * time.Millisecond})
 		if err := short.Set(ctx, "k", Product{ID: 1}); err != nil {
 			t.Fatal(err)
 		}
@@ -625,9 +626,9 @@ func TestTTLs(t *testing.T) {
 // TestSharedClient: caches of different value types and namespaces share one
 // client and one bus without seeing each other's keys.
 func TestSharedClient(t *testing.T) {
-	eachBackend(t, func(t *testing.T, b backend) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
-		products, rdb := newNode[Product](t, b.addr, Options{Namespace: "products"})
+		products, rdb := newNode[Product](t, b.Addr, Options{Namespace: "products"})
 		names, err := New[string](rdb, &Options{Namespace: "names", TTL: time.Minute, Bus: products.Bus()})
 		if err != nil {
 			t.Fatal(err)
@@ -659,8 +660,8 @@ func TestSharedClient(t *testing.T) {
 
 // TestClose: Close is idempotent and a closed cache says so.
 func TestClose(t *testing.T) {
-	eachBackend(t, func(t *testing.T, b backend) {
-		c, _ := newNode[Product](t, b.addr, Options{})
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
+		c, _ := newNode[Product](t, b.Addr, Options{})
 		for range 2 {
 			if err := c.Close(); err != nil {
 				t.Fatal(err)

@@ -198,11 +198,14 @@ func TestFleetInvalidation(t *testing.T) {
 					break
 				}
 			}
-			before := nd.c.Stats().L1Hits
-			if p, _ := nd.c.GetOrLoad(ctx, key, nd.src); p.Version != trial || nd.c.Stats().L1Hits != before+1 {
-				// ristretto may drop a fill; load again until it is in L1.
-				nd.c.l1.Wait()
-			}
+			// Without the key in every L1, a broken invalidation could pass
+			// unnoticed: make sure the next read is an L1 hit. ristretto
+			// applies fills asynchronously and may drop one; read again.
+			waitFor(t, 2*time.Second, "the current version in L1", func() bool {
+				before := nd.c.Stats().L1Hits
+				p, _ := nd.c.GetOrLoad(ctx, key, nd.src)
+				return p.Version == trial && nd.c.Stats().L1Hits == before+1
+			})
 		}
 		// A writes.
 		setSource(t, a.rdb, key, trial+1000)

@@ -28,36 +28,11 @@ type Product struct {
 	Version int    `json:"version"`
 }
 
-// backend is a Redis server a test can stop.
-type backend struct {
-	name string
-	addr string
-	stop func()
-}
-
-// backends returns a fresh miniredis and, when redis-server is available
-// (required with REQUIRE_REDIS=1), a fresh real server.
-func backends(t *testing.T) []backend {
-	t.Helper()
-	var bs []backend
-	for _, b := range redistest.Backends(t) {
-		bs = append(bs, backend{name: b.Name, addr: b.Addr, stop: b.Stop})
-	}
-	return bs
-}
-
 // realRedis returns a fresh real redis-server, skipping (or failing with
 // REQUIRE_REDIS=1) when there is none.
 func realRedis(t *testing.T) *redistest.Server {
 	t.Helper()
 	return redistest.Start(t)
-}
-
-// eachBackend runs f as a subtest against every backend.
-func eachBackend(t *testing.T, f func(t *testing.T, b backend)) {
-	for _, b := range backends(t) {
-		t.Run(b.name, func(t *testing.T) { f(t, b) })
-	}
 }
 
 // node is one independent cache: its own client, bus and L1.

@@ -59,3 +59,17 @@ func QuietLogs() { redis.SetLogger(quietLogger{}) }
 type quietLogger struct{}
 
 func (quietLogger) Printf(context.Context, string, ...any) {}
+
+// Each runs f as a subtest against every server of Backends, in parallel
+// subtests when parallel is true.
+func Each(t *testing.T, parallel bool, f func(t *testing.T, b Backend)) {
+	t.Helper()
+	for _, b := range Backends(t) {
+		t.Run(b.Name, func(t *testing.T) {
+			if parallel {
+				t.Parallel()
+			}
+			f(t, b)
+		})
+	}
+}
