@@ -3,6 +3,7 @@ package tiered
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 	"unsafe"
@@ -161,6 +162,40 @@ func benchGetL2Hit(b *testing.B, ctx context.Context) {
 	loopGet(b, ctx, c)
 	if st := c.Stats(); st.L2Hits < uint64(b.N) {
 		b.Fatalf("L2 hits %d < %d", st.L2Hits, b.N)
+	}
+}
+
+// BenchmarkGetOrLoadL2Hit: Cache.GetOrLoad answered by a real Redis, L1
+// off. Like Get it reads with a plain GET and only runs the get-or-lease
+// script on a miss (docs/benchmarks.md says why).
+func BenchmarkGetOrLoadL2Hit(b *testing.B) {
+	s := realRedisB(b)
+	rdb := redis.NewClient(&redis.Options{Addr: s})
+	defer rdb.Close()
+	c, err := New[benchValue](rdb, &Options{Namespace: "bench", TTL: time.Hour, DisableL1: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	if err := c.Set(ctx, "k", newBenchValue()); err != nil {
+		b.Fatal(err)
+	}
+	loader := LoaderFunc[benchValue](func(context.Context, string) (benchValue, error) {
+		return benchValue{}, errors.New("loader called on an L2 hit")
+	})
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		v, err := c.GetOrLoad(ctx, "k", loader)
+		if err != nil || v.ID != 42 {
+			b.Fatal(v.ID, err)
+		}
+		benchSink = v
+	}
+	b.StopTimer()
+	if st := c.Stats(); st.L2Hits < uint64(b.N) || st.Loads != 0 {
+		b.Fatalf("stats %+v after %d calls", st, b.N)
 	}
 }
 

@@ -7,16 +7,24 @@
 // pubsub.Bus and tiered.Cache; they share nothing but the server) and prints
 // one line of key=value pairs per workload on stdout:
 //
-//	workload=stampede nodes=3 callers=300 keys=20 loader_ms=50 loads_per_key_mean=… loads_per_key_max=… follower_p50_ms=… follower_p99_ms=…
+//	workload=stampede nodes=3 callers=300 keys=20 warmup_keys=1 loader_ms=50 loads_per_key_mean=… loads_per_key_max=… follower_p50_ms=… follower_p99_ms=…
 //	workload=invalidate nodes=3 trials=200 p50_ms=… p99_ms=… max_ms=… stale_after_2s=… ryw_stale=… publish_p99_ms=… reload_p99_ms=…
 //
-// Progress, diagnostics and the comparison with the targets go to stderr.
+// Progress, diagnostics and the comparison with the targets go to stderr;
+// -v adds a line per stampede key.
+//
+// Like testing.B, the stampede workload does not measure setup: it first
+// collects the garbage of building the nodes (-setupgc), then runs -warmup
+// keys that are not counted (the first stampede of a process grows 300
+// goroutine stacks and dials connections). docs/benchmarks.md gives the
+// figures with both turned off too.
+//
 // Every figure is measured; none is clamped. The exit status is non-zero when
 // the run failed (an error, or a node that never saw an invalidation).
 //
 // Usage:
 //
-//	go run ./internal/cmd/benchfleet [-nodes 3] [-trials 200] [-keys 20] [-callers 100] [-loader 50ms] [-poll 1ms] [-spin]
+//	go run ./internal/cmd/benchfleet [-nodes 3] [-trials 200] [-keys 20] [-warmup 1] [-setupgc=true] [-callers 100] [-loader 50ms] [-poll 1ms] [-spin]
 package main
 
 import (
@@ -49,6 +57,9 @@ type config struct {
 	trials  int
 	keys    int
 	callers int           // per node
+	warmup  int           // stampede warm-up keys, not counted
+	setupGC bool          // collect the garbage of building the nodes before measuring
+	verbose bool          // print one line per stampede key
 	loader  time.Duration // stampede loader duration
 	poll    time.Duration // longest pause between an invalidate reader's reads
 	spin    bool          // invalidate readers spin instead of pausing
@@ -59,6 +70,9 @@ func main() {
 	flag.IntVar(&cfg.nodes, "nodes", 3, "number of independent nodes (≥ 2)")
 	flag.IntVar(&cfg.trials, "trials", 200, "invalidation trials")
 	flag.IntVar(&cfg.keys, "keys", 20, "cold keys in the stampede workload")
+	flag.IntVar(&cfg.warmup, "warmup", 1, "stampede warm-up keys, run first and not counted (their figures go to stderr)")
+	flag.BoolVar(&cfg.setupGC, "setupgc", true, "collect the garbage of building the nodes before the stampede, as testing.B does before a benchmark")
+	flag.BoolVar(&cfg.verbose, "v", false, "print a line per stampede key on stderr")
 	flag.IntVar(&cfg.callers, "callers", 100, "concurrent callers per node and key in the stampede workload")
 	flag.DurationVar(&cfg.loader, "loader", 50*time.Millisecond, "duration of the stampede loader")
 	flag.DurationVar(&cfg.poll, "poll", time.Millisecond, "longest pause between an invalidate reader's reads; it ends early when the reader's bus delivers the invalidation")
@@ -85,6 +99,8 @@ func (c config) validate() error {
 		return errors.New("-nodes must be at least 2: the invalidate workload needs a writer and a reader")
 	case c.trials < 1 || c.keys < 1 || c.callers < 1:
 		return errors.New("-trials, -keys and -callers must be positive")
+	case c.warmup < 0:
+		return errors.New("-warmup must not be negative")
 	case c.loader <= 0:
 		return errors.New("-loader must be positive")
 	case c.poll <= 0:
@@ -235,12 +251,19 @@ func run(ctx context.Context, cfg config) error {
 		nodes = append(nodes, n)
 	}
 
+	// Building the nodes allocated tens of MB (mostly the ristretto caches'
+	// admission counters); collect that garbage now, as testing.B does
+	// before a benchmark runs, so that the cycle it would trigger does not
+	// land in a measured stampede. Cycles that still do are counted.
+	if cfg.setupGC {
+		runtime.GC()
+	}
 	st, err := stampede(ctx, cfg, nodes)
 	if err != nil {
 		return fmt.Errorf("stampede: %w", err)
 	}
-	fmt.Printf("workload=stampede nodes=%d callers=%d keys=%d loader_ms=%s loads_per_key_mean=%.2f loads_per_key_max=%d follower_p50_ms=%.2f follower_p99_ms=%.2f\n",
-		cfg.nodes, cfg.nodes*cfg.callers, cfg.keys, strconv.FormatFloat(msf(cfg.loader), 'f', -1, 64),
+	fmt.Printf("workload=stampede nodes=%d callers=%d keys=%d warmup_keys=%d loader_ms=%s loads_per_key_mean=%.2f loads_per_key_max=%d follower_p50_ms=%.2f follower_p99_ms=%.2f\n",
+		cfg.nodes, cfg.nodes*cfg.callers, cfg.keys, cfg.warmup, strconv.FormatFloat(msf(cfg.loader), 'f', -1, 64),
 		st.loadsMean, st.loadsMax, msf(st.followerP50), msf(st.followerP99))
 
 	inv, err := invalidate(ctx, cfg, nodes, srv.Addr)
@@ -291,6 +314,7 @@ type stampedeResult struct {
 	followerP50, followerP99 time.Duration
 	followerMax              time.Duration
 	leaderP50                time.Duration
+	gcs                      uint32 // GC cycles that ended while a measured key's callers ran
 }
 
 // callerKey is the context key of a caller's ID. The loader runs on a
@@ -298,9 +322,97 @@ type stampedeResult struct {
 // the flight (see tiered.Loader), so it can tell which caller led the load.
 type callerKey struct{}
 
-// stampede runs, one key after another, nodes × callers goroutines released
-// together on a cold key, all calling GetOrLoad with a loader that sleeps
-// cfg.loader.
+// keyResult holds what one stampede on one key measured.
+type keyResult struct {
+	loads            int64
+	follower, leader []time.Duration
+	sameNode, other  []time.Duration // followers on the leader's node, and on the others
+	// The leader's time in three parts: from its start to the loader's start
+	// (L1 miss, Redis GET, lease), the loader itself (a timer of cfg.loader,
+	// which fires late by the scheduler's slack), and from the loader's end
+	// to its return (the fill). tail is the last caller's return minus the
+	// loader's end.
+	preLoad, inLoad, postLoad, tail time.Duration
+	gcs                             uint32        // GC cycles that ended while the callers ran
+	spread                          time.Duration // last caller's start minus the first's
+}
+
+// stampede runs cfg.warmup warm-up keys, then cfg.keys measured keys, one
+// key after another; see stampedeKey.
+//
+// The warm-up keys run the same workload on the same nodes but are not
+// counted: the first stampede of a process pays one-time costs (growing 300
+// new goroutine stacks, the runtime's first scheduling of that many
+// goroutines, the clients' first connections, loading the Lua scripts) that
+// a benchmark iteration should not include. Their follower p99 is printed on
+// stderr so that the cost stays visible.
+func stampede(ctx context.Context, cfg config, nodes []*node) (stampedeResult, error) {
+	var (
+		res                               stampedeResult
+		follower, leader, sameNode, other []time.Duration
+		preLoad, inLoad, postLoad, tail   []time.Duration
+		loadsSum                          int64
+	)
+	for k := range cfg.warmup {
+		kr, err := stampedeKey(ctx, cfg, nodes, fmt.Sprintf("warmup-%d", k))
+		if err != nil {
+			return res, err
+		}
+		fmt.Fprintf(os.Stderr, "benchfleet: stampede: warm-up key %d (not counted): loads=%d follower p99=%.2fms max=%.2fms; leader start→loader %.2fms\n",
+			k, kr.loads, msf(pct(sorted(kr.follower), .99)), msf(slices.Max(kr.follower)), msf(kr.preLoad))
+	}
+	for k := range cfg.keys {
+		key := fmt.Sprintf("stampede-%d", k)
+		kr, err := stampedeKey(ctx, cfg, nodes, key)
+		if err != nil {
+			return res, err
+		}
+		follower = append(follower, kr.follower...)
+		leader = append(leader, kr.leader...)
+		sameNode = append(sameNode, kr.sameNode...)
+		other = append(other, kr.other...)
+		preLoad = append(preLoad, kr.preLoad)
+		inLoad = append(inLoad, kr.inLoad)
+		postLoad = append(postLoad, kr.postLoad)
+		tail = append(tail, kr.tail)
+		loadsSum += kr.loads
+		res.gcs += kr.gcs
+		res.loadsMax = max(res.loadsMax, kr.loads)
+		if kr.loads != 1 {
+			fmt.Fprintf(os.Stderr, "benchfleet: stampede: key %s loaded %d times\n", key, kr.loads)
+		}
+		if cfg.verbose {
+			fmt.Fprintf(os.Stderr, "benchfleet: stampede: key %s: follower p99=%.2fms max=%.2fms; leader start→loader %.2fms, loader %.2fms, loader→return %.2fms; loader's end→last return %.2fms; start spread %.2fms; gc cycles %d\n",
+				key, msf(pct(sorted(kr.follower), .99)), msf(slices.Max(kr.follower)), msf(kr.preLoad), msf(kr.inLoad), msf(kr.postLoad), msf(kr.tail), msf(kr.spread), kr.gcs)
+		}
+	}
+	for _, ds := range [][]time.Duration{follower, leader, sameNode, other, preLoad, inLoad, postLoad, tail} {
+		slices.Sort(ds)
+	}
+	three := func(ds []time.Duration) string {
+		return fmt.Sprintf("%.2f/%.2f/%.2f", msf(pct(ds, .5)), msf(pct(ds, .99)), msf(pct(ds, 1)))
+	}
+	fmt.Fprintf(os.Stderr, "benchfleet: stampede: %d follower and %d leader samples; followers on the leader's node p50=%.2fms p99=%.2fms, on other nodes p50=%.2fms p99=%.2fms max=%.2fms\n",
+		len(follower), len(leader), msf(pct(sameNode, 0.5)), msf(pct(sameNode, 0.99)), msf(pct(other, 0.5)), msf(pct(other, 0.99)), msf(pct(other, 1)))
+	fmt.Fprintf(os.Stderr, "benchfleet: stampede: per key p50/p99/max ms: leader start→loader %s, loader (a %v timer) %s, loader→leader's return %s; loader's end→last caller's return %s; GC cycles during measured keys %d\n",
+		three(preLoad), cfg.loader, three(inLoad), three(postLoad), three(tail), res.gcs)
+	res.loadsMean = float64(loadsSum) / float64(cfg.keys)
+	res.followerP50 = pct(follower, 0.50)
+	res.followerP99 = pct(follower, 0.99)
+	res.followerMax = pct(follower, 1)
+	res.leaderP50 = pct(leader, 0.50)
+	return res, nil
+}
+
+// sorted returns a sorted copy of ds.
+func sorted(ds []time.Duration) []time.Duration {
+	ds = slices.Clone(ds)
+	slices.Sort(ds)
+	return ds
+}
+
+// stampedeKey releases nodes × callers goroutines together on the cold key,
+// all calling GetOrLoad with a loader that sleeps cfg.loader.
 //
 // Follower latency: the leader of a key is the caller whose flight ran the
 // loader (the loader reads its ID from its context). Every other caller, on
@@ -308,107 +420,98 @@ type callerKey struct{}
 // the same node, and those on the other nodes whose flights waited for the
 // lease. A caller's latency runs from the moment its goroutine passed the
 // start barrier to GetOrLoad's return.
-func stampede(ctx context.Context, cfg config, nodes []*node) (stampedeResult, error) {
+func stampedeKey(ctx context.Context, cfg config, nodes []*node, key string) (keyResult, error) {
+	total := len(nodes) * cfg.callers
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	gcBefore := ms.NumGC
 	var (
-		follower, leader []time.Duration
-		sameNode, other  []time.Duration // followers on the leader's node, and on the others
-		loadsMax         int64
-		loadsSum         int64
+		loads    atomic.Int64
+		mu       sync.Mutex
+		leaders  = map[int]bool{} // caller IDs whose flight ran the loader; guarded by mu
+		loadSpan [2]time.Time     // the last load's start and end; guarded by mu
+		t0s      = make([]time.Time, total)
+		ends     = make([]time.Time, total)
+		errs     = make([]error, total)
 	)
-	for k := range cfg.keys {
-		key := fmt.Sprintf("stampede-%d", k)
-		var (
-			loads   atomic.Int64
-			mu      sync.Mutex
-			leaders = map[int]bool{} // caller IDs whose flight ran the loader
-		)
-		loader := tiered.LoaderFunc[Item](func(lctx context.Context, key string) (Item, error) {
-			loads.Add(1)
-			id, ok := lctx.Value(callerKey{}).(int)
-			if !ok {
-				return Item{}, errors.New("loader context lacks the caller ID")
-			}
-			mu.Lock()
-			leaders[id] = true
-			mu.Unlock()
-			t := time.NewTimer(cfg.loader)
-			defer t.Stop()
-			select {
-			case <-t.C:
-			case <-lctx.Done():
-				return Item{}, lctx.Err()
-			}
-			return Item{Key: key, Version: 1}, nil
-		})
+	loader := tiered.LoaderFunc[Item](func(lctx context.Context, key string) (Item, error) {
+		l0 := time.Now()
+		loads.Add(1)
+		id, ok := lctx.Value(callerKey{}).(int)
+		if !ok {
+			return Item{}, errors.New("loader context lacks the caller ID")
+		}
+		mu.Lock()
+		leaders[id] = true
+		mu.Unlock()
+		t := time.NewTimer(cfg.loader)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-lctx.Done():
+			return Item{}, lctx.Err()
+		}
+		mu.Lock()
+		loadSpan = [2]time.Time{l0, time.Now()}
+		mu.Unlock()
+		return Item{Key: key, Version: 1}, nil
+	})
 
-		total := len(nodes) * cfg.callers
-		lat := make([]time.Duration, total)
-		errs := make([]error, total)
-		start := make(chan struct{})
-		var ready, done sync.WaitGroup
-		for _, n := range nodes {
-			for g := range cfg.callers {
-				id := n.id*cfg.callers + g
-				cctx := context.WithValue(ctx, callerKey{}, id)
-				ready.Add(1)
-				done.Add(1)
-				go func() {
-					defer done.Done()
-					ready.Done()
-					<-start
-					t0 := time.Now()
-					v, err := n.cache.GetOrLoad(cctx, key, loader)
-					lat[id] = time.Since(t0)
-					if err == nil && (v.Key != key || v.Version != 1) {
-						err = fmt.Errorf("node %d got %+v for %s", n.id, v, key)
-					}
-					errs[id] = err
-				}()
-			}
-		}
-		ready.Wait()
-		close(start)
-		done.Wait()
-		if err := errors.Join(errs...); err != nil {
-			return stampedeResult{}, err
-		}
-		leaderNodes := map[int]bool{}
-		for id := range leaders {
-			leaderNodes[id/cfg.callers] = true
-		}
-		for id, d := range lat {
-			switch {
-			case leaders[id]:
-				leader = append(leader, d)
-			case leaderNodes[id/cfg.callers]:
-				follower = append(follower, d)
-				sameNode = append(sameNode, d)
-			default:
-				follower = append(follower, d)
-				other = append(other, d)
-			}
-		}
-		n := loads.Load()
-		loadsSum += n
-		loadsMax = max(loadsMax, n)
-		if n != 1 {
-			fmt.Fprintf(os.Stderr, "benchfleet: stampede: key %s loaded %d times\n", key, n)
+	start := make(chan struct{})
+	var ready, done sync.WaitGroup
+	for _, n := range nodes {
+		for g := range cfg.callers {
+			id := n.id*cfg.callers + g
+			cctx := context.WithValue(ctx, callerKey{}, id)
+			ready.Add(1)
+			done.Add(1)
+			go func() {
+				defer done.Done()
+				ready.Done()
+				<-start
+				t0s[id] = time.Now()
+				v, err := n.cache.GetOrLoad(cctx, key, loader)
+				ends[id] = time.Now()
+				if err == nil && (v.Key != key || v.Version != 1) {
+					err = fmt.Errorf("node %d got %+v for %s", n.id, v, key)
+				}
+				errs[id] = err
+			}()
 		}
 	}
-	slices.Sort(follower)
-	slices.Sort(leader)
-	slices.Sort(sameNode)
-	slices.Sort(other)
-	fmt.Fprintf(os.Stderr, "benchfleet: stampede: %d follower and %d leader samples; followers on the leader's node p50=%.2fms p99=%.2fms, on other nodes p50=%.2fms p99=%.2fms max=%.2fms\n",
-		len(follower), len(leader), msf(pct(sameNode, 0.5)), msf(pct(sameNode, 0.99)), msf(pct(other, 0.5)), msf(pct(other, 0.99)), msf(pct(other, 1)))
-	return stampedeResult{
-		loadsMean:   float64(loadsSum) / float64(cfg.keys),
-		loadsMax:    loadsMax,
-		followerP50: pct(follower, 0.50),
-		followerP99: pct(follower, 0.99),
-		followerMax: pct(follower, 1),
-		leaderP50:   pct(leader, 0.50),
-	}, nil
+	ready.Wait()
+	close(start)
+	done.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return keyResult{}, err
+	}
+	runtime.ReadMemStats(&ms)
+	kr := keyResult{loads: loads.Load(), gcs: ms.NumGC - gcBefore}
+	leaderNodes := map[int]bool{}
+	for id := range leaders {
+		leaderNodes[id/cfg.callers] = true
+	}
+	for id := range total {
+		d := ends[id].Sub(t0s[id])
+		switch {
+		case leaders[id]:
+			kr.leader = append(kr.leader, d)
+			// With more than one load (a failure of the run), this is the
+			// last load and some leader.
+			kr.preLoad = loadSpan[0].Sub(t0s[id])
+			kr.postLoad = ends[id].Sub(loadSpan[1])
+		case leaderNodes[id/cfg.callers]:
+			kr.follower = append(kr.follower, d)
+			kr.sameNode = append(kr.sameNode, d)
+		default:
+			kr.follower = append(kr.follower, d)
+			kr.other = append(kr.other, d)
+		}
+	}
+	kr.inLoad = loadSpan[1].Sub(loadSpan[0])
+	kr.spread = slices.MaxFunc(t0s, time.Time.Compare).Sub(slices.MinFunc(t0s, time.Time.Compare))
+	kr.tail = slices.MaxFunc(ends, time.Time.Compare).Sub(loadSpan[1])
+	return kr, nil
 }
 
 // ---------------------------------------------------------------------------
