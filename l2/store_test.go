@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/redistest"
 )
 
 func TestNew(t *testing.T) {
@@ -362,14 +364,7 @@ func TestUnavailable(t *testing.T) {
 
 	t.Run("refused", func(t *testing.T) {
 		t.Parallel()
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		l.Close()
-		rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
-		t.Cleanup(func() { rdb.Close() })
+		rdb := redistest.Client(t, redistest.RefusedAddr(t))
 		s, err := New(rdb, &Options{Namespace: "ns"})
 		if err != nil {
 			t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"reflect"
 	"strings"
 	"sync"
@@ -20,7 +19,7 @@ import (
 
 func TestNewOptions(t *testing.T) {
 	t.Parallel()
-	rdb := client(t, "127.0.0.1:1") // never reached: every bus is closed at once
+	rdb := redistest.Client(t, "127.0.0.1:1") // never reached: every bus is closed at once
 	for _, tc := range []struct {
 		name    string
 		rdb     redis.UniversalClient
@@ -84,7 +83,7 @@ func TestNewOptions(t *testing.T) {
 
 func TestBusEncode(t *testing.T) {
 	t.Parallel()
-	b, err := New(client(t, "127.0.0.1:1"), &Options{NodeID: "me"})
+	b, err := New(redistest.Client(t, "127.0.0.1:1"), &Options{NodeID: "me"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,13 +121,7 @@ func TestWaitHealthy(t *testing.T) {
 // hang on the reconnection attempts.
 func TestUnreachable(t *testing.T) {
 	t.Parallel()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	b := startBus(t, addr, &Options{HealthInterval: 50 * time.Millisecond})
+	b := startBus(t, redistest.RefusedAddr(t), &Options{HealthInterval: 50 * time.Millisecond})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -166,7 +159,7 @@ func TestUnreachable(t *testing.T) {
 func TestDelivery(t *testing.T) {
 	t.Parallel()
 	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
-		rdb := client(t, be.Addr)
+		rdb := redistest.Client(t, be.Addr)
 		recv := healthyBus(t, be.Addr, &Options{NodeID: "receiver"})
 		send := healthyBus(t, be.Addr, &Options{NodeID: "sender"})
 		p1, p2, q, own := newRecorder(recv), newRecorder(recv), newRecorder(recv), newRecorder(send)
@@ -244,7 +237,7 @@ func TestDelivery(t *testing.T) {
 func TestOwnMessages(t *testing.T) {
 	t.Parallel()
 	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
-		rdb := client(t, be.Addr)
+		rdb := redistest.Client(t, be.Addr)
 		b := healthyBus(t, be.Addr, nil)
 		r := newRecorder(b)
 		b.Register("ns", r)
@@ -278,7 +271,7 @@ func TestGarbled(t *testing.T) {
 		append([]byte{'T', 1, 1}, make([]byte, MaxMessageBytes)...), // too large
 	}
 	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
-		rdb := client(t, be.Addr)
+		rdb := redistest.Client(t, be.Addr)
 		b := healthyBus(t, be.Addr, nil)
 		r := newRecorder(b)
 		b.Register("ns", r)
@@ -303,7 +296,7 @@ func TestGarbled(t *testing.T) {
 func TestUnregister(t *testing.T) {
 	t.Parallel()
 	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
-		rdb := client(t, be.Addr)
+		rdb := redistest.Client(t, be.Addr)
 		b := healthyBus(t, be.Addr, nil)
 		kept, dropped, alone := newRecorder(b), newRecorder(b), newRecorder(b)
 		b.Register("p", kept)
@@ -392,7 +385,7 @@ func drain(recs map[*recorder]string) {
 func TestClientKill(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
-	rdb := client(t, srv.Addr)
+	rdb := redistest.Client(t, srv.Addr)
 	logs := newLogCapture()
 	b := startBus(t, srv.Addr, &Options{Logger: slogLogger(logs)})
 	logs.bus.Store(b)
@@ -425,7 +418,7 @@ func slogLogger(h *logCapture) *slog.Logger { return slog.New(h) }
 func TestConnectionCut(t *testing.T) {
 	t.Parallel()
 	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
-		rdb := client(t, be.Addr)
+		rdb := redistest.Client(t, be.Addr)
 		p := startProxy(t, be.Addr)
 		b := startBus(t, p.addr(), &Options{HealthInterval: 100 * time.Millisecond})
 		recs := registerThree(b)
@@ -454,7 +447,7 @@ func TestConnectionCut(t *testing.T) {
 func TestSilentConnection(t *testing.T) {
 	t.Parallel()
 	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
-		rdb := client(t, be.Addr)
+		rdb := redistest.Client(t, be.Addr)
 		p := startProxy(t, be.Addr)
 		logs := newLogCapture()
 		b := startBus(t, p.addr(), &Options{HealthInterval: 100 * time.Millisecond, Logger: slogLogger(logs)})
@@ -492,7 +485,7 @@ func TestServerRestart(t *testing.T) {
 	if err := mr.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	checkRecovered(t, client(t, mr.Addr()), b, recs, 1)
+	checkRecovered(t, redistest.Client(t, mr.Addr()), b, recs, 1)
 }
 
 // TestClose: Close is idempotent, safe from several goroutines, stops the

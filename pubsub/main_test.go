@@ -25,16 +25,10 @@ func TestMain(m *testing.M) {
 // waitTimeout bounds every wait for something the bus does asynchronously.
 const waitTimeout = 10 * time.Second
 
-// client returns a client of addr, closed when t ends.
-func client(t *testing.T, addr string) *redis.Client {
-	t.Helper()
-	return redistest.Client(t, addr)
-}
-
 // startBus starts a bus on its own client of addr, closed when t ends.
 func startBus(t *testing.T, addr string, opts *Options) *Bus {
 	t.Helper()
-	rdb := client(t, addr)
+	rdb := redistest.Client(t, addr)
 	b, err := New(rdb, opts)
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"github.com/dgraph-io/ristretto/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/l1"
 	"github.com/tieredcache/tiered/l2"
 )
@@ -44,14 +45,26 @@ func TestBenchValueSize(t *testing.T) {
 
 // BenchmarkGetL1Hit: Cache.Get answered by L1.
 func BenchmarkGetL1Hit(b *testing.B) {
-	mr := miniredis.RunT(b)
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	defer rdb.Close()
-	c, err := New[benchValue](rdb, &Options{Namespace: "bench", TTL: time.Hour})
+	c := benchCache(b, miniredis.RunT(b).Addr(), Options{})
+	c.l1.Wait()
+	loopGet(b, context.Background(), c)
+	if s := c.Stats(); s.L1Hits < uint64(b.N) {
+		b.Fatalf("L1 hits %d < %d: not measuring L1", s.L1Hits, b.N)
+	}
+}
+
+// benchCache returns a Cache over a fresh client of addr whose bus is
+// healthy and that holds newBenchValue() under "k"; both close when b ends.
+func benchCache(b *testing.B, addr string, opts Options) *Cache[benchValue] {
+	b.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	b.Cleanup(func() { rdb.Close() })
+	opts.Namespace, opts.TTL = "bench", time.Hour
+	c, err := New[benchValue](rdb, &opts)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close()
+	b.Cleanup(func() { c.Close() })
 	ctx := context.Background()
 	if err := c.Bus().WaitHealthy(ctx); err != nil {
 		b.Fatal(err)
@@ -59,11 +72,7 @@ func BenchmarkGetL1Hit(b *testing.B) {
 	if err := c.Set(ctx, "k", newBenchValue()); err != nil {
 		b.Fatal(err)
 	}
-	c.l1.Wait()
-	loopGet(b, ctx, c)
-	if s := c.Stats(); s.L1Hits < uint64(b.N) {
-		b.Fatalf("L1 hits %d < %d: not measuring L1", s.L1Hits, b.N)
-	}
+	return c
 }
 
 // loopGet times Get of the benchmark key.
@@ -148,17 +157,7 @@ func BenchmarkGetL2HitCancellable(b *testing.B) {
 }
 
 func benchGetL2Hit(b *testing.B, ctx context.Context) {
-	s := realRedisB(b)
-	rdb := redis.NewClient(&redis.Options{Addr: s})
-	defer rdb.Close()
-	c, err := New[benchValue](rdb, &Options{Namespace: "bench", TTL: time.Hour, DisableL1: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Set(ctx, "k", newBenchValue()); err != nil {
-		b.Fatal(err)
-	}
+	c := benchCache(b, redistest.Start(b).Addr, Options{DisableL1: true})
 	loopGet(b, ctx, c)
 	if st := c.Stats(); st.L2Hits < uint64(b.N) {
 		b.Fatalf("L2 hits %d < %d", st.L2Hits, b.N)
@@ -169,18 +168,8 @@ func benchGetL2Hit(b *testing.B, ctx context.Context) {
 // off. Like Get it reads with a plain GET and only runs the get-or-lease
 // script on a miss (docs/benchmarks.md says why).
 func BenchmarkGetOrLoadL2Hit(b *testing.B) {
-	s := realRedisB(b)
-	rdb := redis.NewClient(&redis.Options{Addr: s})
-	defer rdb.Close()
-	c, err := New[benchValue](rdb, &Options{Namespace: "bench", TTL: time.Hour, DisableL1: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	c := benchCache(b, redistest.Start(b).Addr, Options{DisableL1: true})
 	ctx := context.Background()
-	if err := c.Set(ctx, "k", newBenchValue()); err != nil {
-		b.Fatal(err)
-	}
 	loader := LoaderFunc[benchValue](func(context.Context, string) (benchValue, error) {
 		return benchValue{}, errors.New("loader called on an L2 hit")
 	})
@@ -202,7 +191,7 @@ func BenchmarkGetOrLoadL2Hit(b *testing.B) {
 // BenchmarkRedisGetDecode: the floor, a raw go-redis GET of the same key and
 // a JSON decode of the same payload bytes.
 func BenchmarkRedisGetDecode(b *testing.B) {
-	s := realRedisB(b)
+	s := redistest.Start(b).Addr
 	rdb := redis.NewClient(&redis.Options{Addr: s})
 	defer rdb.Close()
 	ctx := context.Background()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/pubsub"
 )
 
@@ -108,7 +109,7 @@ func percentile(d []time.Duration, p float64) time.Duration {
 // together on a cold key with a 50 ms loader: the loader runs exactly once
 // in the whole fleet, for each of 20 keys.
 func TestFleetStampede(t *testing.T) {
-	s := realRedis(t)
+	s := redistest.Start(t)
 	nodes := newFleet(t, s.Addr, 3, Options{})
 	ctx := context.Background()
 	var calls sync.Map // key → *atomic.Int64
@@ -176,7 +177,7 @@ func TestFleetStampede(t *testing.T) {
 // updates the source and calls Delete; nodes B and C return the new value
 // within a bound. Latencies over 200 trials are logged.
 func TestFleetInvalidation(t *testing.T) {
-	s := realRedis(t)
+	s := redistest.Start(t)
 	nodes := newFleet(t, s.Addr, 3, Options{})
 	ctx := context.Background()
 	a := nodes[0]
@@ -242,7 +243,7 @@ func TestFleetInvalidation(t *testing.T) {
 // lease) while node A deletes the key: afterwards neither B's L1 nor Redis
 // holds the old value.
 func TestFleetRace(t *testing.T) {
-	s := realRedis(t)
+	s := redistest.Start(t)
 	nodes := newFleet(t, s.Addr, 2, Options{})
 	a, b := nodes[0], nodes[1]
 	ctx := context.Background()
@@ -309,7 +310,7 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 // invalidations are published during the gap. During the gap no node serves
 // from L1; once back, no node serves the old value.
 func TestFleetGap(t *testing.T) {
-	s := realRedis(t)
+	s := redistest.Start(t)
 	nodes := newFleet(t, s.Addr, 3, Options{})
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	ctx := context.Background()
@@ -387,7 +388,7 @@ func TestFleetGap(t *testing.T) {
 // finishes; another node loads after the lease TTL and its callers get the
 // value. The stuck holder's late result is discarded.
 func TestFleetLeaseHolderStuck(t *testing.T) {
-	s := realRedis(t)
+	s := redistest.Start(t)
 	const leaseTTL = 300 * time.Millisecond
 	nodes := newFleet(t, s.Addr, 2, Options{LeaseTTL: leaseTTL, LoadTimeout: 5 * time.Second})
 	a, b := nodes[0], nodes[1]
@@ -431,7 +432,7 @@ func TestFleetLeaseHolderStuck(t *testing.T) {
 // returns, a node never reads the old value, even with other goroutines
 // filling its L1 concurrently.
 func TestFleetReadYourWrite(t *testing.T) {
-	s := realRedis(t)
+	s := redistest.Start(t)
 	nodes := newFleet(t, s.Addr, 2, Options{})
 	a, other := nodes[0], nodes[1]
 	ctx, cancel := context.WithCancel(context.Background())
@@ -479,7 +480,7 @@ func TestFleetReadYourWrite(t *testing.T) {
 // error (here the server is paused) is detected by the health PING within
 // two health intervals; the node stops serving from L1 and recovers after.
 func TestFleetSilentSubscriber(t *testing.T) {
-	s := realRedis(t)
+	s := redistest.Start(t)
 	ctx := context.Background()
 	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
 	defer rdb.Close()
@@ -517,7 +518,7 @@ func TestFleetSilentSubscriber(t *testing.T) {
 // node's own messages). Polling is slowed to 10s, so only a wake-up can make
 // the waiter finish in time.
 func TestLeaseWaitersAreWoken(t *testing.T) {
-	s := realRedis(t)
+	s := redistest.Start(t)
 	nodes := newFleet(t, s.Addr, 2, Options{LeaseTTL: 5 * time.Second})
 	for _, nd := range nodes {
 		nd.c.pollMin, nd.c.pollMax = 10*time.Second, 10*time.Second
@@ -579,7 +580,7 @@ func TestLeaseWaitersAreWoken(t *testing.T) {
 // node's lease ends the wait (the caller gets ErrClosed) and returns only
 // after the flight is over, so no loader runs after Close.
 func TestCloseEndsLeaseWaits(t *testing.T) {
-	s := realRedis(t)
+	s := redistest.Start(t)
 	nodes := newFleet(t, s.Addr, 2, Options{LeaseTTL: 5 * time.Second})
 	a, b := nodes[0], nodes[1]
 	ctx := context.Background()

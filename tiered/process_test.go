@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/redistest"
 )
 
 // Nodes as separate OS processes. The test binary re-executes itself (as
@@ -164,7 +166,7 @@ func (n *childNode) kill() {
 // separate OS process: node A updates the source and deletes; B and C, which
 // held the key in L1, return the new version within a bound.
 func TestFleetInvalidationProcesses(t *testing.T) {
-	s := realRedis(t)
+	s := redistest.Start(t)
 	admin := s.Client()
 	defer admin.Close()
 	nodes := []*childNode{startChildNode(t, s.Addr), startChildNode(t, s.Addr), startChildNode(t, s.Addr)}
@@ -214,7 +216,7 @@ func TestFleetInvalidationProcesses(t *testing.T) {
 // process that is killed while it holds the lease: another node loads after
 // the lease TTL.
 func TestFleetLeaseHolderKilled(t *testing.T) {
-	s := realRedis(t)
+	s := redistest.Start(t)
 	const leaseTTL = 500 * time.Millisecond
 	holder := startChildNode(t, s.Addr, childLeaseTTLEnv+"="+leaseTTL.String())
 	nodes := newFleet(t, s.Addr, 1, Options{Namespace: "proc", LeaseTTL: leaseTTL})

@@ -2,6 +2,7 @@ package redistest
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -50,6 +51,17 @@ func Client(tb testing.TB, addr string) *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
 	tb.Cleanup(func() { c.Close() })
 	return c
+}
+
+// RefusedAddr returns a loopback address where nothing listens: a port
+// that was free a moment ago, so connections to it are refused.
+func RefusedAddr(tb testing.TB) string {
+	tb.Helper()
+	port, err := freePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", port)
 }
 
 // QuietLogs silences go-redis's logger: tests stop servers and cut
