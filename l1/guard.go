@@ -33,8 +33,7 @@ type guard[V any] struct {
 	stripes [stripeCount]stripe[V]
 }
 
-func (g *guard[V]) begin(h uint64) Ticket {
-	i := uint32(h & (stripeCount - 1))
+func (g *guard[V]) begin(i uint32) Ticket {
 	return Ticket{epoch: g.epoch.Load(), gen: g.stripes[i].gen.Load(), stripe: i}
 }
 

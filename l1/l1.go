@@ -16,8 +16,8 @@ const (
 	// DefaultAverageEntryBytes is the entry size assumed when deriving
 	// NumCounters from MaxBytes.
 	DefaultAverageEntryBytes = 512
-	// EntryOverhead is added to every entry's cost to account for the key,
-	// the stored item and ristretto's bookkeeping.
+	// EntryOverhead is added to every entry's cost, beside the key's
+	// length, to account for the stored item and ristretto's bookkeeping.
 	EntryOverhead = 96
 )
 
@@ -107,9 +107,8 @@ func New[V any](opts *Options) (*Cache[V], error) {
 	return c, nil
 }
 
-func hash(key string) uint64 { return z.MemHashString(key) }
-
-func stripeOf(key string) uint32 { return uint32(hash(key) & (stripeCount - 1)) }
+// stripeOf returns the index of key's fill-guard stripe.
+func stripeOf(key string) uint32 { return uint32(z.MemHashString(key) & (stripeCount - 1)) }
 
 // Get returns the value stored for key, if any and not expired.
 func (c *Cache[V]) Get(key string) (V, bool) {
@@ -123,10 +122,11 @@ func (c *Cache[V]) Get(key string) (V, bool) {
 
 // Begin returns the ticket a load of key must present to Fill.
 func (c *Cache[V]) Begin(key string) Ticket {
-	return c.guard.begin(hash(key))
+	return c.guard.begin(stripeOf(key))
 }
 
-// Fill stores v for key with the given cost in bytes and TTL, unless key was
+// Fill stores v for key with the given cost in bytes (of its encoded form;
+// Fill adds the key's length and EntryOverhead) and TTL, unless key was
 // invalidated or the cache cleared since t was issued by Begin. A ttl ≤ 0
 // stores nothing (ristretto would read 0 as "never expires"). It reports
 // whether the value was handed to ristretto, which may still drop it.
@@ -149,7 +149,7 @@ func (c *Cache[V]) Fill(t Ticket, key string, v V, cost int64, ttl time.Duration
 // ristretto's buffer before the tracker's Wait.
 func (c *Cache[V]) fillLocked(s *stripe[V], key string, v V, cost int64, ttl time.Duration) bool {
 	sl := &slot[V]{val: v, key: key}
-	if !c.rc.SetWithTTL(key, sl, cost+EntryOverhead, ttl) {
+	if !c.rc.SetWithTTL(key, sl, cost+int64(len(key))+EntryOverhead, ttl) {
 		return false
 	}
 	sl.seq = c.fillSeq.Add(1)

@@ -127,8 +127,7 @@ func TestFill(t *testing.T) {
 // current, deletes when it is not, and always advances the key's generation.
 func TestReplace(t *testing.T) {
 	t.Parallel()
-	const key = "k"
-	_, _, other := keysInStripes(t)
+	key, _, other := keysInStripes(t) // other's stripe is not key's
 	// fill stores v and waits until ristretto applied it.
 	fill := func(c *Cache[string], k, v string) {
 		if !c.Fill(c.Begin(k), k, v, 1, time.Minute) {
@@ -180,17 +179,15 @@ func TestReplace(t *testing.T) {
 		{name: "zero ttl deletes",
 			run: func(c *Cache[string]) bool {
 				fill(c, key, "old")
-				c.Replace(c.Begin(key), key, "new", 1, 0)
-				return true
+				return c.Replace(c.Begin(key), key, "new", 1, 0)
 			},
-			wantOK: true, want: ""},
+			wantOK: false, want: ""},
 		{name: "negative ttl deletes",
 			run: func(c *Cache[string]) bool {
 				fill(c, key, "old")
-				c.Replace(c.Begin(key), key, "new", 1, -time.Second)
-				return true
+				return c.Replace(c.Begin(key), key, "new", 1, -time.Second)
 			},
-			wantOK: true, want: ""},
+			wantOK: false, want: ""},
 		{name: "an older ticket cannot fill afterwards",
 			run: func(c *Cache[string]) bool {
 				older := c.Begin(key)
@@ -316,6 +313,36 @@ func TestDropHidesBufferedFill(t *testing.T) {
 	}
 }
 
+// TestAppliedFillsAreForgotten: once the tracker has seen ristretto apply
+// the fills, the stripes stop remembering them, so the pending lists stay
+// bounded by what is still in ristretto's buffer.
+func TestAppliedFillsAreForgotten(t *testing.T) {
+	t.Parallel()
+	c := newCache[string](t)
+	const n = 100
+	for i := range n {
+		k := "k" + strconv.Itoa(i)
+		c.Fill(c.Begin(k), k, "v", 1, time.Minute)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for c.applied.Load() != c.fillSeq.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("tracker stuck: applied %d of %d fills", c.applied.Load(), c.fillSeq.Load())
+		}
+		time.Sleep(trackInterval)
+	}
+	for i := range n {
+		k := "k" + strconv.Itoa(i)
+		c.Invalidate(k) // prunes k's stripe
+		s := c.guard.lock(stripeOf(k))
+		left := len(s.pending)
+		c.guard.unlock(s)
+		if left != 0 {
+			t.Fatalf("stripe of %q still remembers %d applied fills", k, left)
+		}
+	}
+}
+
 // TestFillNonPositiveTTL: ristretto reads a TTL of 0 as "never expires", so
 // Fill must store nothing for ttl ≤ 0.
 func TestFillNonPositiveTTL(t *testing.T) {
@@ -368,8 +395,8 @@ func TestExpiry(t *testing.T) {
 	}
 }
 
-// TestCostIncludesEntryOverhead: an entry costs its bytes plus
-// EntryOverhead, and MaxBytes bounds that sum.
+// TestCostIncludesEntryOverhead: an entry costs its bytes plus its key's
+// length plus EntryOverhead, and MaxBytes bounds that sum.
 func TestCostIncludesEntryOverhead(t *testing.T) {
 	t.Parallel()
 	const maxBytes = 1000
@@ -378,8 +405,8 @@ func TestCostIncludesEntryOverhead(t *testing.T) {
 		cost   int64
 		stored bool
 	}{
-		{"fits with overhead", maxBytes - EntryOverhead, true},
-		{"too large once overhead is added", maxBytes - EntryOverhead + 1, false},
+		{"fits with key and overhead", maxBytes - EntryOverhead - int64(len("k")), true},
+		{"too large once key and overhead are added", maxBytes - EntryOverhead - int64(len("k")) + 1, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -32,7 +32,6 @@ func lookup[V any](c *Cache[V], key string) (V, bool) {
 // whose generation lives in another stripe than both.
 func keysInStripes(t *testing.T) (a, sameStripe, otherStripe string) {
 	t.Helper()
-	stripeOf := func(k string) uint64 { return hash(k) & (stripeCount - 1) }
 	a = "key-a"
 	for i := 0; sameStripe == "" || otherStripe == ""; i++ {
 		if i > 1_000_000 {

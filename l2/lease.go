@@ -63,19 +63,17 @@ func (s *Store) GetOrLease(ctx context.Context, k string, ttl time.Duration) (Le
 	if err != nil {
 		return LeaseResult{}, s.unavailable("get-or-lease script", err)
 	}
-	if len(v) != 2 {
-		return LeaseResult{}, s.unavailable("get-or-lease script", fmt.Errorf("unexpected reply %v", v))
-	}
-	state, _ := v[0].(int64)
-	switch state {
-	case 1:
-		str, _ := v[1].(string)
-		return LeaseResult{State: Found, Value: []byte(str)}, nil
-	case 2:
-		return LeaseResult{State: Acquired, Lease: Lease{Key: k, Token: token}}, nil
-	case 3:
-		pttl, _ := v[1].(int64)
-		return LeaseResult{State: Held, Remaining: time.Duration(max(pttl, 0)) * time.Millisecond}, nil
+	if len(v) == 2 {
+		switch state, _ := v[0].(int64); state {
+		case 1:
+			str, _ := v[1].(string)
+			return LeaseResult{State: Found, Value: []byte(str)}, nil
+		case 2:
+			return LeaseResult{State: Acquired, Lease: Lease{Key: k, Token: token}}, nil
+		case 3:
+			pttl, _ := v[1].(int64)
+			return LeaseResult{State: Held, Remaining: time.Duration(max(pttl, 0)) * time.Millisecond}, nil
+		}
 	}
 	return LeaseResult{}, s.unavailable("get-or-lease script", fmt.Errorf("unexpected reply %v", v))
 }
@@ -86,11 +84,7 @@ func (s *Store) GetOrLease(ctx context.Context, k string, ttl time.Duration) (Le
 func (s *Store) Fill(ctx context.Context, l Lease, value []byte, ttl time.Duration, wake Announce) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
-	args := make([]any, 0, 4+len(wake.Messages))
-	args = append(args, l.Token, value, ms(ttl), wake.Channel)
-	for _, m := range wake.Messages {
-		args = append(args, m)
-	}
+	args := wake.scriptArgs(l.Token, value, ms(ttl))
 	n, err := fillScript.Run(ctx, s.rdb,
 		[]string{s.Key(l.Key), s.leaseKey(l.Key), s.waitersKey(l.Key)}, args...).Int()
 	if err != nil {
@@ -104,11 +98,7 @@ func (s *Store) Fill(ctx context.Context, l Lease, value []byte, ttl time.Durati
 func (s *Store) Release(ctx context.Context, l Lease, wake Announce) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
-	args := make([]any, 0, 2+len(wake.Messages))
-	args = append(args, l.Token, wake.Channel)
-	for _, m := range wake.Messages {
-		args = append(args, m)
-	}
+	args := wake.scriptArgs(l.Token)
 	err := releaseScript.Run(ctx, s.rdb, []string{s.leaseKey(l.Key), s.waitersKey(l.Key)}, args...).Err()
 	if err != nil {
 		return s.unavailable("release script", err)

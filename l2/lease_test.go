@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/redistest"
 )
 
 // acquire takes k's lease and fails the test unless it was free.
@@ -39,7 +41,7 @@ func TestGetOrLease(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		s, rdb := b.store(t, "ns"), b.plain(t)
+		s, rdb := b.store(t, "ns"), redistest.Client(t, b.Addr)
 		const ttl = time.Minute
 
 		first, err := s.GetOrLease(ctx, "k", ttl)
@@ -172,7 +174,7 @@ func TestFillLostLease(t *testing.T) {
 	}
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		rdb := b.plain(t)
+		rdb := redistest.Client(t, b.Addr)
 		for i, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				s := b.store(t, "ns"+strconv.Itoa(i))
@@ -204,7 +206,7 @@ func TestWrongToken(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		s, rdb := b.store(t, "ns"), b.plain(t)
+		s, rdb := b.store(t, "ns"), redistest.Client(t, b.Addr)
 		holder := acquire(t, s, "k", time.Minute)
 		otherKey := acquire(t, s, "k2", time.Minute)
 		wait(t, s, "k", time.Minute) // a waiter, so a wrongful release would wake
@@ -264,7 +266,7 @@ func TestWake(t *testing.T) {
 	}
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		rdb := b.plain(t)
+		rdb := redistest.Client(t, b.Addr)
 		for i, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				ch := "wake" + strconv.Itoa(i)
@@ -319,7 +321,7 @@ func TestLeaseExpiry(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ttl := b.shortTTL()
-		s, rdb := b.store(t, "ns"), b.plain(t)
+		s, rdb := b.store(t, "ns"), redistest.Client(t, b.Addr)
 		dead := acquire(t, s, "k", ttl)
 		if r := wait(t, s, "k", ttl); r.Remaining > ttl {
 			t.Fatalf("Remaining = %v, more than the lease's ttl %v", r.Remaining, ttl)

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/leakcheck"
@@ -22,13 +21,11 @@ func TestMain(m *testing.M) {
 // waitTimeout bounds every wait for something Redis does asynchronously.
 const waitTimeout = 5 * time.Second
 
-// backend is a Redis server one test owns.
+// backend is a Redis server one test owns, and the kind of client the
+// Store under test uses.
 type backend struct {
-	name    string
-	addr    string
-	mr      *miniredis.Miniredis // nil for a real redis-server
-	cluster bool                 // the Store uses a Cluster client
-	stop    func()
+	redistest.Backend
+	cluster bool // the Store uses a Cluster client
 }
 
 // backends returns a fresh miniredis, the same behind a Cluster client
@@ -39,17 +36,18 @@ func backends(t *testing.T) []backend {
 	t.Helper()
 	var bs []backend
 	for _, b := range redistest.Backends(t) {
-		bs = append(bs, backend{name: b.Name, addr: b.Addr, mr: b.Mini, stop: b.Stop})
+		bs = append(bs, backend{Backend: b})
 	}
 	c := redistest.Mini(t)
-	return append(bs, backend{name: "miniredis-cluster", addr: c.Addr, mr: c.Mini, cluster: true, stop: c.Stop})
+	c.Name = "miniredis-cluster"
+	return append(bs, backend{Backend: c, cluster: true})
 }
 
 // eachBackend runs f as a parallel subtest against every backend.
 func eachBackend(t *testing.T, f func(t *testing.T, b backend)) {
 	t.Helper()
 	for _, b := range backends(t) {
-		t.Run(b.name, func(t *testing.T) {
+		t.Run(b.Name, func(t *testing.T) {
 			t.Parallel()
 			f(t, b)
 		})
@@ -60,23 +58,14 @@ func eachBackend(t *testing.T, f func(t *testing.T, b backend)) {
 // when t ends.
 func (b backend) client(t *testing.T) redis.UniversalClient {
 	t.Helper()
-	var c redis.UniversalClient
-	if b.cluster {
-		c = redis.NewClusterClient(&redis.ClusterOptions{
-			Addrs: []string{b.addr}, MaxRetries: -1, DialTimeout: 200 * time.Millisecond,
-		})
-	} else {
-		c = redis.NewClient(&redis.Options{Addr: b.addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	if !b.cluster {
+		return redistest.Client(t, b.Addr)
 	}
+	c := redis.NewClusterClient(&redis.ClusterOptions{
+		Addrs: []string{b.Addr}, MaxRetries: -1, DialTimeout: 200 * time.Millisecond,
+	})
 	t.Cleanup(func() { c.Close() })
 	return c
-}
-
-// plain returns a single-node client for inspecting the server and for
-// subscribing, closed when t ends.
-func (b backend) plain(t *testing.T) *redis.Client {
-	t.Helper()
-	return redistest.Client(t, b.addr)
 }
 
 // store returns a Store of namespace ns over a new client.
@@ -106,7 +95,7 @@ func (b backend) gatedStore(t *testing.T, ns string) (*Store, *publishGate) {
 // real server, whose clock keeps running while a slow (-race) test takes
 // its next step.
 func (b backend) shortTTL() time.Duration {
-	if b.mr != nil {
+	if b.Mini != nil {
 		return 100 * time.Millisecond
 	}
 	return 250 * time.Millisecond
@@ -116,8 +105,8 @@ func (b backend) shortTTL() time.Duration {
 // is moved forward; on a real server the test polls until the key is gone.
 func (b backend) expire(t *testing.T, rdb *redis.Client, key string, d time.Duration) {
 	t.Helper()
-	if b.mr != nil {
-		b.mr.FastForward(d)
+	if b.Mini != nil {
+		b.Mini.FastForward(d)
 	}
 	ctx := context.Background()
 	deadline := time.Now().Add(waitTimeout)
@@ -147,7 +136,7 @@ type subscriber struct {
 // subscribe subscribes to ch and returns once Redis confirmed it.
 func (b backend) subscribe(t *testing.T, ch string) *subscriber {
 	t.Helper()
-	rdb := b.plain(t)
+	rdb := redistest.Client(t, b.Addr)
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	ps := rdb.Subscribe(ctx, ch)

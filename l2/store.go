@@ -42,6 +42,17 @@ type Announce struct {
 	Messages [][]byte
 }
 
+// scriptArgs returns a script's ARGV: head, then a's channel and messages,
+// which every announcing script takes last.
+func (a Announce) scriptArgs(head ...any) []any {
+	args := make([]any, 0, len(head)+1+len(a.Messages))
+	args = append(append(args, head...), a.Channel)
+	for _, m := range a.Messages {
+		args = append(args, m)
+	}
+	return args
+}
+
 // Store is the Redis tier of one namespace: values in envelopes, their leases
 // and the scripts that keep the two consistent.
 //
@@ -89,9 +100,6 @@ func nsOf(o *Options) string {
 	return o.Namespace
 }
 
-// Namespace returns the store's namespace.
-func (s *Store) Namespace() string { return s.ns }
-
 // Key returns the Redis key of k's value.
 func (s *Store) Key(k string) string { return s.ns + ":{" + k + "}" }
 
@@ -124,11 +132,7 @@ func ms(d time.Duration) int64 { return max(d.Milliseconds(), 1) }
 func (s *Store) Set(ctx context.Context, k string, value []byte, ttl time.Duration, ann Announce) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
-	args := make([]any, 0, 3+len(ann.Messages))
-	args = append(args, value, ms(ttl), ann.Channel)
-	for _, m := range ann.Messages {
-		args = append(args, m)
-	}
+	args := ann.scriptArgs(value, ms(ttl))
 	if err := setScript.Run(ctx, s.rdb, []string{s.Key(k), s.leaseKey(k)}, args...).Err(); err != nil {
 		return s.unavailable("set script", err)
 	}
@@ -150,12 +154,7 @@ func (s *Store) Delete(ctx context.Context, keys []string, ann Announce) error {
 		for _, k := range keys {
 			rk = append(rk, s.Key(k), s.leaseKey(k))
 		}
-		args := make([]any, 0, 1+len(ann.Messages))
-		args = append(args, ann.Channel)
-		for _, m := range ann.Messages {
-			args = append(args, m)
-		}
-		if err := deleteScript.Run(ctx, s.rdb, rk, args...).Err(); err != nil {
+		if err := deleteScript.Run(ctx, s.rdb, rk, ann.scriptArgs()...).Err(); err != nil {
 			return s.unavailable("delete script", err)
 		}
 		return nil

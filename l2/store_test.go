@@ -19,8 +19,7 @@ import (
 
 func TestNew(t *testing.T) {
 	t.Parallel()
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
-	t.Cleanup(func() { rdb.Close() })
+	rdb := redistest.Client(t, redistest.RefusedAddr(t))
 	for _, tc := range []struct {
 		name        string
 		rdb         redis.UniversalClient
@@ -46,8 +45,8 @@ func TestNew(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if s.Namespace() != tc.opts.Namespace || s.opTimeout != tc.wantTimeout {
-					t.Fatalf("Namespace, OpTimeout = %q, %v; want %q, %v", s.Namespace(), s.opTimeout, tc.opts.Namespace, tc.wantTimeout)
+				if s.ns != tc.opts.Namespace || s.opTimeout != tc.wantTimeout {
+					t.Fatalf("namespace, OpTimeout = %q, %v; want %q, %v", s.ns, s.opTimeout, tc.opts.Namespace, tc.wantTimeout)
 				}
 				return
 			}
@@ -96,7 +95,7 @@ func TestKeyLayout(t *testing.T) {
 	// The layout is what actually lands in Redis.
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		s, rdb := b.store(t, "ns"), b.plain(t)
+		s, rdb := b.store(t, "ns"), redistest.Client(t, b.Addr)
 		if err := s.Set(ctx, "k", []byte("v"), time.Minute, Announce{}); err != nil {
 			t.Fatal(err)
 		}
@@ -173,7 +172,7 @@ func TestSetGet(t *testing.T) {
 	}
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		s, rdb := b.store(t, "ns"), b.plain(t)
+		s, rdb := b.store(t, "ns"), redistest.Client(t, b.Addr)
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				k := "k-" + tc.name
@@ -203,7 +202,7 @@ func TestSetSubMillisecondTTL(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		s, rdb := b.store(t, "ns"), b.plain(t)
+		s, rdb := b.store(t, "ns"), redistest.Client(t, b.Addr)
 		for _, ttl := range []time.Duration{0, time.Nanosecond, 999 * time.Microsecond} {
 			if err := s.Set(ctx, "k", []byte("v"), ttl, Announce{}); err != nil {
 				t.Fatalf("Set with ttl %v: %v", ttl, err)
@@ -220,7 +219,7 @@ func TestDelete(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		s, rdb := b.store(t, "ns"), b.plain(t)
+		s, rdb := b.store(t, "ns"), redistest.Client(t, b.Addr)
 		var keys []string
 		for i := range 30 {
 			k := "k" + strconv.Itoa(i)
@@ -357,7 +356,7 @@ func TestUnavailable(t *testing.T) {
 			if err := s.Set(context.Background(), "k", []byte("v"), time.Minute, Announce{}); err != nil {
 				t.Fatal(err) // the server works before it is stopped
 			}
-			b.stop()
+			b.Stop()
 			checkUnavailable(t, s, 5*time.Second)
 		})
 	})
@@ -456,7 +455,7 @@ func TestAnnounce(t *testing.T) {
 	}
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		rdb := b.plain(t)
+		rdb := redistest.Client(t, b.Addr)
 		for i, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
 				ns, ch := "ns"+strconv.Itoa(i), "chan"+strconv.Itoa(i)

@@ -88,7 +88,8 @@ type Bus struct {
 	ps       *redis.PubSub                 // the current subscription
 	closed   bool
 
-	received, own, garbled, gaps atomic.Uint64
+	received, own, garbled atomic.Uint64
+	subscribed             atomic.Uint64 // subscription confirmations; every one after the first ends a gap
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -173,7 +174,11 @@ func (b *Bus) WaitHealthy(ctx context.Context) error {
 
 // Stats returns the bus counters.
 func (b *Bus) Stats() Stats {
-	return Stats{Received: b.received.Load(), Own: b.own.Load(), Garbled: b.garbled.Load(), Gaps: b.gaps.Load()}
+	s := Stats{Received: b.received.Load(), Own: b.own.Load(), Garbled: b.garbled.Load()}
+	if n := b.subscribed.Load(); n > 1 {
+		s.Gaps = n - 1
+	}
+	return s
 }
 
 // Encode encodes an announcement from this node; see [Encode].
@@ -250,7 +255,6 @@ func (b *Bus) setUp() {
 func (b *Bus) run(ctx context.Context) {
 	defer close(b.done)
 	defer b.setDown()
-	everUp := false
 	backoff := newBackoff()
 	for ctx.Err() == nil {
 		ps := b.rdb.Subscribe(ctx, b.channel)
@@ -262,7 +266,7 @@ func (b *Bus) run(ctx context.Context) {
 		}
 		b.ps = ps
 		b.mu.Unlock()
-		b.receive(ctx, ps, &everUp, backoff)
+		b.receive(ctx, ps, backoff)
 		b.mu.Lock()
 		b.ps = nil
 		b.mu.Unlock()
@@ -273,7 +277,7 @@ func (b *Bus) run(ctx context.Context) {
 
 // receive reads from ps until ctx is done or ps must be replaced because a
 // PING went unanswered.
-func (b *Bus) receive(ctx context.Context, ps *redis.PubSub, everUp *bool, bo *backoff) {
+func (b *Bus) receive(ctx context.Context, ps *redis.PubSub, bo *backoff) {
 	pinged := false
 	for {
 		msg, err := ps.ReceiveTimeout(ctx, b.interval)
@@ -306,10 +310,7 @@ func (b *Bus) receive(ctx context.Context, ps *redis.PubSub, everUp *bool, bo *b
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			if m.Kind == "subscribe" && m.Channel == b.channel {
-				if *everUp {
-					b.gaps.Add(1)
-				}
-				*everUp = true
+				b.subscribed.Add(1)
 				b.setUp()
 				bo.reset()
 			}

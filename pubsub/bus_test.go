@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/redistest"
@@ -19,7 +18,7 @@ import (
 
 func TestNewOptions(t *testing.T) {
 	t.Parallel()
-	rdb := redistest.Client(t, "127.0.0.1:1") // never reached: every bus is closed at once
+	rdb := redistest.Client(t, redistest.RefusedAddr(t)) // the buses only try to subscribe
 	for _, tc := range []struct {
 		name    string
 		rdb     redis.UniversalClient
@@ -83,7 +82,7 @@ func TestNewOptions(t *testing.T) {
 
 func TestBusEncode(t *testing.T) {
 	t.Parallel()
-	b, err := New(redistest.Client(t, "127.0.0.1:1"), &Options{NodeID: "me"})
+	b, err := New(redistest.Client(t, redistest.RefusedAddr(t)), &Options{NodeID: "me"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -470,11 +469,7 @@ func TestSilentConnection(t *testing.T) {
 // the subscription like a server restart; the bus recovers.
 func TestServerRestart(t *testing.T) {
 	t.Parallel()
-	mr := miniredis.NewMiniRedis()
-	if err := mr.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(mr.Close)
+	mr := redistest.Mini(t).Mini
 	b := startBus(t, mr.Addr(), &Options{HealthInterval: 100 * time.Millisecond})
 	recs := registerThree(b)
 	waitHealthy(t, b)

@@ -318,7 +318,7 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	if c.l1 != nil {
-		c.l1.Replace(t, key, &entry[V]{v: v}, int64(len(env)+len(key)), min(c.o.L1TTL, ttl))
+		c.l1.Replace(t, key, &entry[V]{v: v}, int64(len(env)), min(c.o.L1TTL, ttl))
 	}
 	c.written(key)
 	return nil

@@ -11,16 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/l2"
 )
 
 func TestNewValidatesOptions(t *testing.T) {
 	t.Parallel()
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
-	defer rdb.Close()
+	rdb := redistest.Client(t, redistest.RefusedAddr(t))
 	for _, tc := range []struct {
 		name string
 		opts *Options

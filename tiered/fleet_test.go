@@ -314,8 +314,7 @@ func TestFleetGap(t *testing.T) {
 	nodes := newFleet(t, s.Addr, 3, Options{})
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	ctx := context.Background()
-	admin := s.Client()
-	defer admin.Close()
+	admin := redistest.Client(t, s.Addr)
 	keys := []string{"g1", "g2", "g3"}
 	for _, k := range keys {
 		setSource(t, admin, k, 1)
@@ -497,8 +496,7 @@ func TestFleetSilentSubscriber(t *testing.T) {
 	if err := bus.WaitHealthy(ctx); err != nil {
 		t.Fatal(err)
 	}
-	admin := s.Client()
-	defer admin.Close()
+	admin := redistest.Client(t, s.Addr)
 	resets := c.Stats().Resets
 	paused := time.Now()
 	if err := admin.Do(ctx, "CLIENT", "PAUSE", "1500", "ALL").Err(); err != nil {

@@ -42,7 +42,7 @@ func (c *Cache[V]) fill(t l1.Ticket, key string, v V, neg bool, cost int, ttl ti
 	if c.beforeFill != nil {
 		c.beforeFill(key)
 	}
-	c.l1.Fill(t, key, &entry[V]{v: v, neg: neg}, int64(cost+len(key)), ttl)
+	c.l1.Fill(t, key, &entry[V]{v: v, neg: neg}, int64(cost), ttl)
 }
 
 // fetch is the flight of Get: L1 again, then Redis.

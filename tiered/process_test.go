@@ -167,8 +167,7 @@ func (n *childNode) kill() {
 // held the key in L1, return the new version within a bound.
 func TestFleetInvalidationProcesses(t *testing.T) {
 	s := redistest.Start(t)
-	admin := s.Client()
-	defer admin.Close()
+	admin := redistest.Client(t, s.Addr)
 	nodes := []*childNode{startChildNode(t, s.Addr), startChildNode(t, s.Addr), startChildNode(t, s.Addr)}
 	a := nodes[0]
 	var lat []time.Duration

@@ -20,7 +20,7 @@ import (
 func Main(m *testing.M) {
 	code := m.Run()
 	if code == 0 {
-		if leaked := Wait(5 * time.Second); len(leaked) > 0 {
+		if leaked := wait(5 * time.Second); len(leaked) > 0 {
 			fmt.Fprintf(os.Stderr, "leakcheck: %d goroutine(s) still running after the tests:\n\n%s\n",
 				len(leaked), strings.Join(leaked, "\n\n"))
 			code = 1
@@ -29,8 +29,8 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
-// Wait returns the stacks of goroutines still running after d, or nil.
-func Wait(d time.Duration) []string {
+// wait returns the stacks of goroutines still running after d, or nil.
+func wait(d time.Duration) []string {
 	deadline := time.Now().Add(d)
 	for {
 		leaked := interesting()

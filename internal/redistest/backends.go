@@ -3,7 +3,6 @@ package redistest
 import (
 	"context"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -26,7 +25,7 @@ type Backend struct {
 func Backends(tb testing.TB) []Backend {
 	tb.Helper()
 	bs := []Backend{Mini(tb)}
-	if Available() || os.Getenv("REQUIRE_REDIS") == "1" {
+	if Available() || required() {
 		s := Start(tb)
 		bs = append(bs, Backend{Name: "redis-server", Addr: s.Addr, Stop: s.Stop})
 	}
@@ -48,9 +47,15 @@ func Mini(tb testing.TB) Backend {
 // timeout), closed when tb ends.
 func Client(tb testing.TB, addr string) *redis.Client {
 	tb.Helper()
-	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	c := redis.NewClient(failFast(addr))
 	tb.Cleanup(func() { c.Close() })
 	return c
+}
+
+// failFast returns client options for addr without retries and with a short
+// dial timeout, so that a test sees a stopped or cut server at once.
+func failFast(addr string) *redis.Options {
+	return &redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond}
 }
 
 // RefusedAddr returns a loopback address where nothing listens: a port

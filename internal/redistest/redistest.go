@@ -36,11 +36,6 @@ type Server struct {
 	ownsDir  bool // Stop removes dir
 }
 
-// Client returns a new go-redis client for the server; the caller closes it.
-func (s *Server) Client() *redis.Client {
-	return redis.NewClient(&redis.Options{Addr: s.Addr})
-}
-
 // Stop kills the server and waits for it to exit. It is idempotent.
 func (s *Server) Stop() {
 	if s.stopped {
@@ -67,27 +62,26 @@ func Require(tb testing.TB) {
 	if Available() {
 		return
 	}
-	if os.Getenv("REQUIRE_REDIS") == "1" {
+	if required() {
 		tb.Fatal("redistest: REQUIRE_REDIS=1 but redis-server is not on PATH")
 	}
 	tb.Skip("skipped: no redis-server on PATH (set REQUIRE_REDIS=1 to make this a failure)")
 }
 
+// required reports whether REQUIRE_REDIS=1 makes a missing redis-server a
+// failure.
+func required() bool { return os.Getenv("REQUIRE_REDIS") == "1" }
+
 // Start starts a redis-server for tb and stops it when tb ends.
 func Start(tb testing.TB) *Server {
 	tb.Helper()
 	Require(tb)
-	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
-		s, err := start(tb.TempDir())
-		if err == nil {
-			tb.Cleanup(s.Stop)
-			return s
-		}
-		lastErr = err
+	s, err := startRetrying(tb.TempDir())
+	if err != nil {
+		tb.Fatalf("redistest: cannot start redis-server: %v", err)
 	}
-	tb.Fatalf("redistest: cannot start redis-server: %v", lastErr)
-	return nil
+	tb.Cleanup(s.Stop)
+	return s
 }
 
 // StartProcess is Start for code without a testing.TB (a benchmark driver).
@@ -100,16 +94,26 @@ func StartProcess() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s, err := startRetrying(dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	s.ownsDir = true
+	return s, nil
+}
+
+// startRetrying starts a server in dir, trying again a few times: the free
+// port start picks may be taken by someone else before the server binds it.
+func startRetrying(dir string) (*Server, error) {
 	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
+	for range 5 {
 		s, err := start(dir)
 		if err == nil {
-			s.ownsDir = true
 			return s, nil
 		}
 		lastErr = err
 	}
-	os.RemoveAll(dir)
 	return nil, lastErr
 }
 
@@ -163,7 +167,7 @@ func start(dir string) (*Server, error) {
 	s.waitExit = exited
 
 	deadline := time.Now().Add(10 * time.Second)
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	c := redis.NewClient(failFast(s.Addr))
 	defer c.Close()
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
