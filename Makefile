@@ -3,7 +3,7 @@
 #   make example        run the example cluster on an embedded Redis (ARGS="-chaos" etc.)
 #   make test           vet, race tests of both modules, fuzz corpus replay and a short fuzz
 #   make bench          micro-benchmarks, -count 6, for benchstat
-#   make bench-fleet    multi-node figures against a redis-server started for the run
+#   make bench-fleet    multi-node figures against a redis-server started for the run (ARGS="-v" etc.)
 #   make fuzz           longer fuzzing of each decoder
 #   make lint           go vet and staticcheck
 #   make cover          coverage report
@@ -51,7 +51,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./... | tee $(BENCHOUT)
 
 bench-fleet:
-	$(GO) run ./internal/cmd/benchfleet
+	$(GO) run ./internal/cmd/benchfleet $(ARGS)
 
 example:
 	cd example && $(GO) run ./cluster $(ARGS)

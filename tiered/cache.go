@@ -33,12 +33,11 @@ type entry[V any] struct {
 // out are shared between callers and with L1: do not mutate what a pointer,
 // slice or map value points to.
 type Cache[V any] struct {
-	o     Options
-	l1    *l1.Cache[*entry[V]] // nil when Options.DisableL1
-	l2    *l2.Store
-	bus   *pubsub.Bus
-	ownsB bool // Close closes bus
-	log   *ratelog.Limiter
+	o   Options
+	l1  *l1.Cache[*entry[V]] // nil when Options.DisableL1
+	l2  *l2.Store
+	bus *pubsub.Bus
+	log *ratelog.Limiter
 
 	loads   singleflight.Group // GetOrLoad flights, by key
 	fetches singleflight.Group // Get flights, by key
@@ -106,7 +105,6 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 			}
 			return nil, err
 		}
-		c.ownsB = true
 	}
 	c.unregister = c.bus.Register(o.Namespace, busHandler[V]{c})
 	if !contextTimeouts(rdb) {
@@ -148,7 +146,7 @@ func (c *Cache[V]) Close() error {
 		c.closeMu.Unlock()
 		c.flights.Wait()
 		c.unregister()
-		if c.ownsB {
+		if c.o.Bus == nil { // the bus is our own
 			_ = c.bus.Close()
 		}
 		if c.l1 != nil {
@@ -302,19 +300,14 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 	if err != nil {
 		return err
 	}
-	var t l1.Ticket
-	if c.l1 != nil {
-		t = c.l1.Begin(key)
-	}
+	t := c.begin(key)
 	ann, err := c.announce(pubsub.Invalidate, key)
 	if err != nil {
 		return err
 	}
 	if err := c.l2.Set(ctx, key, env, ttl, ann); err != nil {
 		c.l2Failed("set", err)
-		if c.l1 != nil {
-			c.l1.Invalidate(key)
-		}
+		c.dropL1(key)
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	if c.l1 != nil {
@@ -345,9 +338,7 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 		return err
 	}
 	err = c.l2.Delete(ctx, keys, ann)
-	if c.l1 != nil {
-		c.l1.Invalidate(keys...)
-	}
+	c.dropL1(keys...)
 	c.written(keys...)
 	if err != nil {
 		c.l2Failed("delete", err)
@@ -407,14 +398,19 @@ func (c *Cache[V]) l2Failed(op string, err error) {
 		slog.String("namespace", c.o.Namespace), slog.String("op", op))
 }
 
+// dropL1 invalidates keys in L1, if there is one.
+func (c *Cache[V]) dropL1(keys ...string) {
+	if c.l1 != nil {
+		c.l1.Invalidate(keys...)
+	}
+}
+
 // busHandler receives the bus messages of the cache's namespace.
 type busHandler[V any] struct{ c *Cache[V] }
 
 func (h busHandler[V]) Invalidate(keys []string) {
 	h.c.stats.invalidations.Add(uint64(len(keys)))
-	if h.c.l1 != nil {
-		h.c.l1.Invalidate(keys...)
-	}
+	h.c.dropL1(keys...)
 	h.c.written(keys...)
 }
 

@@ -278,11 +278,23 @@ func TestRedisDown(t *testing.T) {
 		if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotFound) {
 			t.Fatalf("Get with Redis down: %v, want ErrUnavailable", err)
 		}
+		// The loads filled L1; a failed Set or Delete drops the key from it
+		// (whether the write reached Redis is unknown).
+		for _, k := range []string{"1", "2"} {
+			if _, ok := inL1(c)(k); !ok {
+				t.Fatalf("%s not in L1 after a load with Redis down", k)
+			}
+		}
 		if err := c.Set(ctx, "1", Product{}); !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("Set with Redis down: %v, want ErrUnavailable", err)
 		}
-		if err := c.Delete(ctx, "1"); !errors.Is(err, ErrUnavailable) {
+		if err := c.Delete(ctx, "2"); !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("Delete with Redis down: %v, want ErrUnavailable", err)
+		}
+		for _, k := range []string{"1", "2"} {
+			if _, ok := inL1(c)(k); ok {
+				t.Fatalf("%s still in L1 after a failed write", k)
+			}
 		}
 		s := c.Stats()
 		if s.L2Errors < 4 {
@@ -348,6 +360,9 @@ func TestBadInput(t *testing.T) {
 		}
 		if n, _ := rdb.Exists(ctx, "test:{big}:lease").Result(); n != 0 {
 			t.Fatal("lease not released after a too-large value")
+		}
+		if _, ok := inL1(c)("big"); ok {
+			t.Fatal("too-large loaded value was stored in L1")
 		}
 	})
 }
@@ -642,8 +657,18 @@ func TestSharedClient(t *testing.T) {
 		if err != nil || err2 != nil || p.ID != 1 || n != "one" {
 			t.Fatalf("got %+v %v / %q %v", p, err, n, err2)
 		}
-		if err := names.Delete(ctx, "1"); err != nil {
+		if n, err := rdb.Exists(ctx, "products:{1}", "names:{1}").Result(); err != nil || n != 2 {
+			t.Fatalf("%d of the two namespaced Redis keys exist (%v): the namespaces share keys", n, err)
+		}
+		// A node of its own (own bus) deletes names/1: the shared bus must
+		// hand the invalidation to names only.
+		other, _ := newNode[string](t, b.Addr, Options{Namespace: "names"})
+		if err := other.Delete(ctx, "1"); err != nil {
 			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "names to hear the invalidation", func() bool { return names.Stats().Invalidations >= 1 })
+		if n := products.Stats().Invalidations; n != 0 {
+			t.Fatalf("an invalidation of names reached products (%d)", n)
 		}
 		if p, err := products.Get(ctx, "1"); err != nil || p.ID != 1 {
 			t.Fatalf("deleting names/1 affected products/1: %+v, %v", p, err)

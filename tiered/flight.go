@@ -181,24 +181,23 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, key string, loa
 	// of key, see written) directly, once the lease is filled or released.
 	defer c.wake(key)
 	neg := errors.Is(err, ErrNotFound)
-	wake, aerr := c.announce(pubsub.Wake, key)
-	if aerr != nil { // cannot happen for a valid key; wake by polling
-		wake = l2.Announce{}
-	}
-	if (err != nil && !neg) || (neg && c.o.NegativeTTL < 0) {
+	// announce fails only for an invalid key; an empty Announce then
+	// leaves the other nodes' waiters to their polling.
+	wake, _ := c.announce(pubsub.Wake, key)
+	release := func() (V, error) {
 		if rerr := c.l2.Release(ctx, lease, wake); rerr != nil {
 			c.l2Failed("release", rerr)
 		}
 		return v, err
+	}
+	if (err != nil && !neg) || (neg && c.o.NegativeTTL < 0) {
+		return release()
 	}
 	env, ttl, eerr := c.encode(v, neg)
 	if eerr != nil {
 		c.log.Log(slog.LevelWarn, "tiered: loaded value not cached", eerr,
 			slog.String("namespace", c.o.Namespace), slog.String("key", key))
-		if rerr := c.l2.Release(ctx, lease, wake); rerr != nil {
-			c.l2Failed("release", rerr)
-		}
-		return v, err
+		return release()
 	}
 	filled, ferr := c.l2.Fill(ctx, lease, env, ttl, wake)
 	switch {

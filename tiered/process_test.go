@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -108,7 +107,7 @@ func startChildNode(t *testing.T, addr string, env ...string) *childNode {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), append(env, childNodeEnv+"="+addr)...)
 	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = redistest.DieWithParent()
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -227,6 +226,7 @@ func TestFleetLeaseHolderKilled(t *testing.T) {
 	if r := holder.read(t); r != "holding" {
 		t.Fatal(r)
 	}
+	held := time.Now() // the lease was taken before this
 	ctx := context.Background()
 	if n, _ := b.rdb.Exists(ctx, "proc:{k}:lease").Result(); n != 1 {
 		t.Fatal("the holder process does not hold the lease")
@@ -239,6 +239,9 @@ func TestFleetLeaseHolderKilled(t *testing.T) {
 	}
 	if b.src.calls.Load() != 1 {
 		t.Fatalf("B's loader ran %d times", b.src.calls.Load())
+	}
+	if d := time.Since(held); d < leaseTTL/2 {
+		t.Fatalf("B loaded %v after the lease was taken: it did not wait for the lease (TTL %v)", d, leaseTTL)
 	}
 	t.Logf("B loaded %v after the holder was killed (lease TTL %v)", time.Since(t0), leaseTTL)
 }

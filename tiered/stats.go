@@ -23,8 +23,10 @@ type Stats struct {
 }
 
 // counters are the live Stats. l1Hits, bumped on the hot path by every
-// core, has a cache line to itself.
+// core, has a cache line to itself: 56 bytes of padding on each side keep
+// every other field (here and in Cache) out of any 64-byte line it is in.
 type counters struct {
+	_      [56]byte
 	l1Hits atomic.Uint64
 	_      [56]byte
 	l2Hits, misses, negativeHits, loads, loadErrors, leaseWaits, staleDiscards,

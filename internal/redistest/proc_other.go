@@ -4,4 +4,5 @@ package redistest
 
 import "syscall"
 
-func dieWithParent() *syscall.SysProcAttr { return nil }
+// DieWithParent returns nil: this OS has no parent-death signal.
+func DieWithParent() *syscall.SysProcAttr { return nil }

@@ -139,7 +139,7 @@ func start(dir string) (*Server, error) {
 		"--dir", dir,
 		"--protected-mode", "yes",
 	)
-	cmd.SysProcAttr = dieWithParent()
+	cmd.SysProcAttr = DieWithParent()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err

@@ -24,7 +24,7 @@
 //
 // Usage:
 //
-//	go run ./internal/cmd/benchfleet [-nodes 3] [-trials 200] [-keys 20] [-warmup 1] [-setupgc=true] [-callers 100] [-loader 50ms] [-poll 1ms] [-spin]
+//	go run ./internal/cmd/benchfleet [-nodes 3] [-trials 200] [-keys 20] [-warmup 1] [-setupgc=true] [-v] [-callers 100] [-loader 50ms] [-poll 1ms] [-spin]
 package main
 
 import (
@@ -251,7 +251,7 @@ func run(ctx context.Context, cfg config) error {
 		nodes = append(nodes, n)
 	}
 
-	// Building the nodes allocated tens of MB (mostly the ristretto caches'
+	// Building the nodes allocated about 20 MB (mostly the ristretto caches'
 	// admission counters); collect that garbage now, as testing.B does
 	// before a benchmark runs, so that the cycle it would trigger does not
 	// land in a measured stampede. Cycles that still do are counted.
