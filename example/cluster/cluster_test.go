@@ -140,6 +140,10 @@ func runCluster(t *testing.T, cfg config) string {
 	if s.Reads == 0 || s.Writes == 0 || s.DBLoads == 0 || s.L1HitRatio <= 0 {
 		t.Errorf("the run did too little: %s", s)
 	}
+	// The staleness probe read writes back through other nodes.
+	if m := probeLine.FindStringSubmatch(text); m == nil || m[1] == "0" {
+		t.Errorf("no (write, other node) pair was probed: %q", m)
+	}
 
 	// No node outlived the run, and the temporary directory is gone.
 	for _, pid := range nodePIDs(text) {
@@ -154,6 +158,8 @@ func runCluster(t *testing.T, cfg config) string {
 	}
 	return text
 }
+
+var probeLine = regexp.MustCompile(`(?m)^probe: (\d+) \(write, other node\) pairs converged`)
 
 var (
 	pidLine = regexp.MustCompile(`(?m)^  node\d+  pid (\d+)`)

@@ -81,11 +81,6 @@ type config struct {
 	Burst     int     // concurrent requests per node in the cold burst
 	Quiet     bool    // no per-second table
 
-	// Exe is the binary started as a node: one whose main calls nodeMain
-	// when envNode is set. Default: this executable.
-	Exe string
-	// NodeStderr receives the nodes' standard error. Default os.Stderr.
-	NodeStderr io.Writer
 }
 
 func defaultConfig() config {
@@ -163,16 +158,9 @@ func run(ctx context.Context, cfg config, out io.Writer) (summary, error) {
 	if err := cfg.validate(); err != nil {
 		return summary{}, err
 	}
-	exe := cfg.Exe
-	if exe == "" {
-		var err error
-		if exe, err = os.Executable(); err != nil {
-			return summary{}, err
-		}
-	}
-	stderr := cfg.NodeStderr
-	if stderr == nil {
-		stderr = os.Stderr
+	exe, err := os.Executable() // a binary whose main calls nodeMain
+	if err != nil {
+		return summary{}, err
 	}
 	pr := &printer{w: out}
 
@@ -200,7 +188,7 @@ func run(ctx context.Context, cfg config, out io.Writer) (summary, error) {
 	// A namespace (and so a bus channel) of its own, so that a run on a
 	// shared Redis starts cold and hears no other run.
 	ns := "tiered-example:" + rand.Text()[:8]
-	nodes, err := startNodes(ctx, exe, cfg.Nodes, nodeConfig{RedisAddr: rs.addr, DBPath: dbPath, Namespace: ns}, stderr)
+	nodes, err := startNodes(ctx, exe, cfg.Nodes, nodeConfig{RedisAddr: rs.addr, DBPath: dbPath, Namespace: ns}, os.Stderr)
 	if err != nil {
 		return summary{}, err
 	}
