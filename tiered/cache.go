@@ -74,9 +74,6 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 	if rdb == nil {
 		return nil, invalid("nil redis client")
 	}
-	if len(o.Namespace) > pubsub.MaxNamespaceBytes {
-		return nil, invalid("Namespace longer than %d bytes", pubsub.MaxNamespaceBytes)
-	}
 	store, err := l2.New(rdb, &l2.Options{Namespace: o.Namespace, OpTimeout: o.OpTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)

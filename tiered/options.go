@@ -120,6 +120,9 @@ func (o *Options) withDefaults() (Options, error) {
 	if r.Namespace == "" {
 		return r, invalid("Namespace is required")
 	}
+	if len(r.Namespace) > pubsub.MaxNamespaceBytes {
+		return r, invalid("Namespace longer than %d bytes", pubsub.MaxNamespaceBytes)
+	}
 	if r.TTL <= 0 {
 		return r, invalid("TTL must be > 0, got %v", r.TTL)
 	}
