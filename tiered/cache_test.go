@@ -13,6 +13,7 @@ import (
 
 	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/l2"
+	"github.com/tieredcache/tiered/pubsub"
 )
 
 func TestNewValidatesOptions(t *testing.T) {
@@ -27,6 +28,7 @@ func TestNewValidatesOptions(t *testing.T) {
 		{"no TTL", &Options{Namespace: "p"}, "TTL must be > 0"},
 		{"negative TTL", &Options{Namespace: "p", TTL: -time.Second}, "TTL must be > 0"},
 		{"no namespace", &Options{TTL: time.Minute}, "Namespace is required"},
+		{"long namespace", &Options{Namespace: strings.Repeat("n", pubsub.MaxNamespaceBytes+1), TTL: time.Minute}, "Namespace longer than"},
 		{"brace in namespace", &Options{Namespace: "p{x}", TTL: time.Minute}, "invalid namespace"},
 		{"negative L1TTL", &Options{Namespace: "p", TTL: time.Minute, L1TTL: -1}, "L1TTL must not be negative"},
 		{"huge MaxKeyBytes", &Options{Namespace: "p", TTL: time.Minute, MaxKeyBytes: 1 << 20}, "MaxKeyBytesLimit"},
