@@ -287,8 +287,9 @@ func (c *Cache[V]) flight(ctx context.Context, g *singleflight.Group, key string
 // other node drop key from its L1. A load of key in flight anywhere is
 // discarded rather than written after v.
 //
-// On a Redis failure it returns an error wrapping ErrUnavailable and drops
-// key from the local L1: whether the write reached Redis is unknown.
+// On a Redis failure it returns an error wrapping ErrUnavailable, drops
+// key from the local L1 and, as after a write, lets no later caller join a
+// load of key already running: whether the write reached Redis is unknown.
 func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 	if err := c.checkKey(key); err != nil {
 		return err
@@ -304,7 +305,9 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 	}
 	if err := c.l2.Set(ctx, key, env, ttl, ann); err != nil {
 		c.l2Failed("set", err)
+		// The write may have reached Redis: treat it as one, as Delete does.
 		c.dropL1(key)
+		c.written(key)
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	if c.l1 != nil {

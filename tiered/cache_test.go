@@ -8,8 +8,11 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/l2"
@@ -697,6 +700,71 @@ func TestClose(t *testing.T) {
 		}
 		if err := c.Set(ctx, "k", Product{}); !errors.Is(err, ErrClosed) {
 			t.Fatalf("Set after Close: %v", err)
+		}
+	})
+}
+
+// replyLost is a go-redis hook that, once armed, lets the next script run on
+// the server and then reports an error to the caller, as when a reply is
+// lost: the write happened, the caller cannot know it.
+type replyLost struct{ armed atomic.Bool }
+
+func (h *replyLost) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *replyLost) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if (cmd.Name() == "evalsha" || cmd.Name() == "eval") && h.armed.CompareAndSwap(true, false) {
+			return errors.New("injected: reply lost")
+		}
+		return err
+	}
+}
+func (h *replyLost) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestFailedSetForgetsFlights: a Set whose outcome is unknown (the reply was
+// lost, but the write reached Redis) is treated like a write: a caller that
+// arrives after it does not join a load that began before it.
+func TestFailedSetForgetsFlights(t *testing.T) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
+		ctx := context.Background()
+		c, rdb := newNode[Product](t, b.Addr, Options{})
+		lost := &replyLost{}
+		rdb.AddHook(lost)
+		if err := c.Set(ctx, "warm", Product{}); err != nil { // loads the set script
+			t.Fatal(err)
+		}
+		started, release := make(chan struct{}), make(chan struct{})
+		old := make(chan Product, 1)
+		go func() {
+			p, _ := c.GetOrLoad(ctx, "1", LoaderFunc[Product](func(context.Context, string) (Product, error) {
+				close(started)
+				<-release
+				return Product{ID: 1, Version: 1}, nil // read before the Set
+			}))
+			old <- p
+		}()
+		defer func() { close(release); <-old }()
+		<-started
+		lost.armed.Store(true)
+		if err := c.Set(ctx, "1", Product{ID: 1, Version: 2}); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Set with its reply lost = %v, want ErrUnavailable", err)
+		}
+		got := make(chan Product, 1)
+		go func() {
+			p, _ := c.GetOrLoad(ctx, "1", LoaderFunc[Product](func(context.Context, string) (Product, error) {
+				return Product{ID: 1, Version: 2}, nil
+			}))
+			got <- p
+		}()
+		select {
+		case p := <-got:
+			if p.Version != 2 {
+				t.Fatalf("read after the Set = %+v, want version 2", p)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("a read after the Set joined the load that began before it")
 		}
 	})
 }
