@@ -18,6 +18,14 @@ var (
 	// to the loader); Get, Set and Delete do.
 	ErrUnavailable = errors.New("tiered: redis unavailable")
 
+	// ErrQueued is wrapped, with ErrUnavailable and the cause, by the
+	// error of a Set or Delete that could not finish within its context
+	// and Options.WriteTimeout: the write may or may not have reached
+	// Redis, and the invalidation of its keys is queued in the bus's
+	// outbox, which delivers it as soon as Redis answers. Until then this
+	// node serves those keys from neither L1 nor Redis. See docs/consistency.md.
+	ErrQueued = errors.New("tiered: invalidation queued")
+
 	// ErrKeyEmpty rejects an empty key. Nothing is read or written.
 	ErrKeyEmpty = errors.New("tiered: empty key")
 

@@ -19,7 +19,14 @@ type Stats struct {
 	Corrupt       uint64 // values in Redis that did not decode (each deleted)
 	Rejected      uint64 // rejected inputs: bad keys, values too large or not encodable
 	Invalidations uint64 // keys invalidated by messages from other nodes
-	Resets        uint64 // times L1 was dropped because the bus (re)subscribed: once per gap, and possibly once at start
+	Resets        uint64 // times L1 was dropped because the bus lost or regained its subscription
+	Queued        uint64 // keys whose invalidation went to the outbox (the write returned ErrQueued or waited for it)
+	Delivered     uint64 // outbox keys delivered for this cache's namespace
+	Dropped       uint64 // outbox keys dropped: past their TTL, or folded into a namespace purge
+	Purges        uint64 // times this cache's namespace was purged from Redis (outbox overflow, server restart)
+	L1Unproven    uint64 // reads that skipped L1 because the bus could not prove it fresh within MaxStaleness
+	BreakerOpens  uint64 // times the breaker opened after consecutive Redis failures
+	BreakerSkips  uint64 // Redis calls skipped because the breaker was open
 }
 
 // counters are the live Stats. l1Hits, bumped on the hot path by every
@@ -30,7 +37,8 @@ type counters struct {
 	l1Hits atomic.Uint64
 	_      [56]byte
 	l2Hits, misses, negativeHits, loads, loadErrors, leaseWaits, staleDiscards,
-	l2Errors, corrupt, rejected, invalidations, resets atomic.Uint64
+	l2Errors, corrupt, rejected, invalidations, resets,
+	queued, delivered, dropped, purges, l1Unproven, breakerOpens, breakerSkips atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -40,5 +48,8 @@ func (c *counters) snapshot() Stats {
 		LeaseWaits: c.leaseWaits.Load(), StaleDiscards: c.staleDiscards.Load(),
 		L2Errors: c.l2Errors.Load(), Corrupt: c.corrupt.Load(), Rejected: c.rejected.Load(),
 		Invalidations: c.invalidations.Load(), Resets: c.resets.Load(),
+		Queued: c.queued.Load(), Delivered: c.delivered.Load(), Dropped: c.dropped.Load(),
+		Purges: c.purges.Load(), L1Unproven: c.l1Unproven.Load(),
+		BreakerOpens: c.breakerOpens.Load(), BreakerSkips: c.breakerSkips.Load(),
 	}
 }
