@@ -11,6 +11,17 @@
 // estimate on top would make [Options.MaxBytes] mean something other than
 // bytes of cached data.
 //
+// # Expiry
+//
+// Every entry has a TTL, kept in the entry and checked by [Cache.GetAt]
+// against a clock reading the caller passes in, so that a hit reads the
+// clock once for everything the caller checks (package tiered also checks
+// its bus's freshness proof with it). Entries are stored in ristretto
+// without a ristretto TTL, whose Get would read the wall clock again. An
+// expired entry is a miss at once; it leaves ristretto when the next fill of
+// its key replaces it or when the byte budget evicts it, so it can occupy
+// budget, never be served.
+//
 // # The fill guard
 //
 // A load (from Redis or from the database) must not put a value into L1 if the

@@ -7,6 +7,8 @@ import (
 
 	"github.com/dgraph-io/ristretto/v2"
 	"github.com/dgraph-io/ristretto/v2/z"
+
+	"github.com/tieredcache/tiered/internal/mono"
 )
 
 // Defaults for [Options].
@@ -58,10 +60,11 @@ func (o *Options) withDefaults() (Options, error) {
 // apply it after the invalidation's delete, and Get must not return it in
 // the meantime.
 type slot[V any] struct {
-	val  V
-	key  string
-	seq  uint64 // fill sequence number; see Cache.fillLocked
-	dead atomic.Bool
+	val     V
+	key     string
+	expires int64  // mono.Now() after which Get misses
+	seq     uint64 // fill sequence number; see Cache.fillLocked
+	dead    atomic.Bool
 }
 
 // Cache is a byte-bounded in-process cache of decoded values of type V with a
@@ -111,9 +114,13 @@ func New[V any](opts *Options) (*Cache[V], error) {
 func stripeOf(key string) uint32 { return uint32(z.MemHashString(key) & (stripeCount - 1)) }
 
 // Get returns the value stored for key, if any and not expired.
-func (c *Cache[V]) Get(key string) (V, bool) {
+func (c *Cache[V]) Get(key string) (V, bool) { return c.GetAt(key, mono.Now()) }
+
+// GetAt is Get for a caller that already read the clock: now is mono.Now().
+// An entry whose TTL ran out before now misses.
+func (c *Cache[V]) GetAt(key string, now int64) (V, bool) {
 	s, ok := c.rc.Get(key)
-	if !ok || s.dead.Load() {
+	if !ok || now >= s.expires || s.dead.Load() {
 		var zero V
 		return zero, false
 	}
@@ -147,9 +154,13 @@ func (c *Cache[V]) Fill(t Ticket, key string, v V, cost int64, ttl time.Duration
 // invalidation meanwhile can mark it dead. The sequence number is taken after
 // the hand-over, so every fill numbered ≤ the tracker's reading was in
 // ristretto's buffer before the tracker's Wait.
+//
+// The TTL is the slot's own expiry, checked by GetAt, not ristretto's:
+// ristretto checks its TTLs with time.Now on every Get, which would double
+// the cost of a hit for a clock the caller has already read.
 func (c *Cache[V]) fillLocked(s *stripe[V], key string, v V, cost int64, ttl time.Duration) bool {
-	sl := &slot[V]{val: v, key: key}
-	if !c.rc.SetWithTTL(key, sl, cost+int64(len(key))+EntryOverhead, ttl) {
+	sl := &slot[V]{val: v, key: key, expires: mono.Now() + int64(ttl)}
+	if !c.rc.Set(key, sl, cost+int64(len(key))+EntryOverhead) {
 		return false
 	}
 	sl.seq = c.fillSeq.Add(1)

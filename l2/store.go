@@ -21,6 +21,10 @@ var (
 	// ErrUnavailable wraps every failure to talk to Redis: a network error, a
 	// timeout, a server error reply.
 	ErrUnavailable = errors.New("l2: redis unavailable")
+	// ErrRejected is wrapped, beside ErrUnavailable, by a command that Redis
+	// answered with an error reply that retrying cannot cure (a script
+	// error, WRONGTYPE, CROSSSLOT, NOPERM): see [Permanent].
+	ErrRejected = errors.New("l2: command rejected")
 	// ErrInvalidNamespace is returned by New for an empty namespace or one
 	// with a brace, which would change the Cluster hash tag of every key.
 	ErrInvalidNamespace = errors.New("l2: invalid namespace")
@@ -107,6 +111,9 @@ func (s *Store) leaseKey(k string) string   { return s.Key(k) + ":lease" }
 func (s *Store) waitersKey(k string) string { return s.Key(k) + ":waiters" }
 
 func (s *Store) unavailable(op string, err error) error {
+	if permanent(err) {
+		return fmt.Errorf("%w: %w: %s: %w", ErrUnavailable, ErrRejected, op, err)
+	}
 	return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, err)
 }
 
@@ -129,9 +136,14 @@ func ms(d time.Duration) int64 { return max(d.Milliseconds(), 1) }
 
 // Set stores value for k with ttl, deletes k's lease (discarding a racing
 // load) and publishes ann, all in one script.
+//
+// Set and Delete are bounded by ctx alone, not by OpTimeout: a write should
+// not give up where a read would (package tiered gives them a deadline), and
+// a call kept waiting through a paused server lands when it resumes. Both
+// are safe to retry after an error: the script may have run with only its
+// reply lost, and running it again writes the same state and announces it
+// again.
 func (s *Store) Set(ctx context.Context, k string, value []byte, ttl time.Duration, ann Announce) error {
-	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
-	defer cancel()
 	args := ann.scriptArgs(value, ms(ttl))
 	if err := setScript.Run(ctx, s.rdb, []string{s.Key(k), s.leaseKey(k)}, args...).Err(); err != nil {
 		return s.unavailable("set script", err)
@@ -139,7 +151,8 @@ func (s *Store) Set(ctx context.Context, k string, value []byte, ttl time.Durati
 	return nil
 }
 
-// Delete deletes keys and their leases, then publishes ann. On a single node
+// Delete deletes keys and their leases, then publishes ann. Like Set, it is
+// bounded by ctx alone and safe to retry. On a single node
 // or failover client that is one script; on a Cluster client, whose scripts
 // cannot span slots, each key is deleted by its own script in one pipeline
 // and ann is published after all of them succeeded.
@@ -147,8 +160,6 @@ func (s *Store) Delete(ctx context.Context, keys []string, ann Announce) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
-	defer cancel()
 	if !s.cluster {
 		rk := make([]string, 0, 2*len(keys))
 		for _, k := range keys {

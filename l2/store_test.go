@@ -336,7 +336,10 @@ func checkUnavailable(t *testing.T, s *Store, bound time.Duration) {
 	t.Helper()
 	for _, op := range storeOps {
 		start := time.Now()
-		err := op.run(context.Background(), s)
+		// Writes are bounded by their context alone; reads also by OpTimeout.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := op.run(ctx, s)
+		cancel()
 		if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrMiss) {
 			t.Errorf("%s: err = %v, want ErrUnavailable (and not ErrMiss)", op.name, err)
 		} else if !strings.HasPrefix(err.Error(), "l2: redis unavailable: ") {

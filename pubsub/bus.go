@@ -6,12 +6,15 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tieredcache/tiered/internal/mono"
 	"github.com/tieredcache/tiered/internal/ratelog"
 )
 
@@ -19,13 +22,21 @@ import (
 const (
 	// DefaultChannel is the Redis channel of the bus.
 	DefaultChannel = "tiered:bus"
-	// DefaultHealthInterval is how long the subscription may be silent
-	// before the bus sends a PING; a PING unanswered for another interval
-	// marks the bus unhealthy and replaces the connection.
+	// DefaultHealthInterval: a subscription that has answered nothing (no
+	// message, no PONG) for twice this long, or whose SUBSCRIBE has not been
+	// confirmed within it, is replaced by a new connection. The bus PINGs at
+	// least this often.
 	DefaultHealthInterval = time.Second
+	// DefaultMaxStaleness is how old the bus's proof of freshness may be for
+	// [Bus.Proven] to report true.
+	DefaultMaxStaleness = 100 * time.Millisecond
+	// DefaultOutboxSize bounds the keys the outbox holds.
+	DefaultOutboxSize = 10000
+	// DefaultCloseTimeout is how long Close keeps delivering the outbox.
+	DefaultCloseTimeout = 2 * time.Second
 )
 
-// ErrClosed is returned by WaitHealthy on a closed Bus.
+// ErrClosed is returned by WaitHealthy and Flush on a closed Bus.
 var ErrClosed = errors.New("pubsub: bus is closed")
 
 // Options configures a [Bus]. A nil *Options means all defaults.
@@ -36,51 +47,136 @@ type Options struct {
 	// NodeID identifies this process in messages; a node ignores its own.
 	// Default: 16 random characters.
 	NodeID string
-	// HealthInterval: see [DefaultHealthInterval], the default. A
-	// connection that dies silently is detected within twice this.
+	// HealthInterval: see [DefaultHealthInterval], the default.
 	HealthInterval time.Duration
-	// Logger receives rate-limited reports of gaps and garbled messages.
-	// Default: discard.
+	// MaxStaleness bounds the age of the proof behind [Bus.Proven]: a cache
+	// serves from L1 only while its bus can show that every message
+	// published up to MaxStaleness ago has been applied. The bus PINGs
+	// about every MaxStaleness/2 while readers ask for a proof.
+	// Default [DefaultMaxStaleness]; at least 1ms.
+	MaxStaleness time.Duration
+	// OutboxSize bounds the keys the outbox holds; past it a namespace's
+	// keys fold into one purge of the namespace (see outbox.go). Default
+	// [DefaultOutboxSize].
+	OutboxSize int
+	// CloseTimeout bounds how long Close keeps trying to deliver the
+	// outbox. Default [DefaultCloseTimeout]; negative means not at all.
+	CloseTimeout time.Duration
+	// Logger receives rate-limited reports of gaps, garbled messages and
+	// outbox trouble. Default: discard.
 	Logger *slog.Logger
 }
 
+func (o *Options) withDefaults() (Options, error) {
+	var r Options
+	if o != nil {
+		r = *o
+	}
+	if r.Channel == "" {
+		r.Channel = DefaultChannel
+	}
+	if r.NodeID == "" {
+		r.NodeID = rand.Text()[:16]
+	}
+	if len(r.NodeID) > MaxNodeIDBytes {
+		return r, errors.New("pubsub: NodeID longer than MaxNodeIDBytes")
+	}
+	if r.HealthInterval < 0 || r.MaxStaleness < 0 || r.OutboxSize < 0 {
+		return r, errors.New("pubsub: HealthInterval, MaxStaleness and OutboxSize must not be negative")
+	}
+	if r.MaxStaleness > 0 && r.MaxStaleness < time.Millisecond {
+		return r, errors.New("pubsub: MaxStaleness must be at least 1ms")
+	}
+	if r.HealthInterval == 0 {
+		r.HealthInterval = DefaultHealthInterval
+	}
+	if r.MaxStaleness == 0 {
+		r.MaxStaleness = DefaultMaxStaleness
+	}
+	if r.OutboxSize == 0 {
+		r.OutboxSize = DefaultOutboxSize
+	}
+	if r.CloseTimeout == 0 {
+		r.CloseTimeout = DefaultCloseTimeout
+	}
+	return r, nil
+}
+
 // Handler receives the messages of one namespace. Its methods run on the
-// bus's goroutine, one at a time, and must return quickly.
+// bus's receiving goroutine, one at a time, and must return quickly.
 type Handler interface {
-	// Invalidate drops keys from L1, advancing their fill guards.
+	// Invalidate drops keys from L1, advancing their fill guards, and
+	// forgets their flights.
 	Invalidate(keys []string)
 	// Wake tells waiters for keys to look in Redis again.
 	Wake(keys []string)
-	// Reset drops all of L1: the bus may have missed messages.
+	// Reset drops all of L1 and forgets every flight: the bus lost its
+	// subscription, regained it (and may have missed messages in between),
+	// or another node purged the namespace.
 	Reset()
+}
+
+// A Deliverer is a Handler that also delivers its namespace's outbox
+// entries. The outbox delivers a namespace's entries through one of the
+// Deliverers registered for it, and drops them when there is none. Deliver
+// and Purge run on the outbox goroutine.
+type Deliverer interface {
+	Handler
+	// Deliver makes the invalidation of keys happen: it deletes them from
+	// Redis and announces it, as a Delete would. It is bounded by ctx.
+	Deliver(ctx context.Context, keys []string) error
+	// Purge deletes every key of the namespace from Redis and announces a
+	// Flush. The outbox calls it for a namespace whose keys overflowed it.
+	Purge(ctx context.Context) error
 }
 
 // Stats are counters of a [Bus] since it was created.
 type Stats struct {
-	Received uint64 // messages received, including own and garbled ones
-	Own      uint64 // messages of this node, ignored
-	Garbled  uint64 // messages that did not decode, ignored
-	Gaps     uint64 // times the subscription was lost and restored
+	Received  uint64 // messages received, including own and garbled ones
+	Own       uint64 // messages of this node, ignored
+	Garbled   uint64 // messages that did not decode, ignored
+	Gaps      uint64 // times the subscription was lost and restored
+	Pings     uint64 // PINGs sent on the subscription
+	Replaced  uint64 // connections replaced because they went silent or were never confirmed
+	Queued    uint64 // keys put in the outbox
+	Delivered uint64 // outbox keys delivered
+	Dropped   uint64 // outbox keys dropped: expired, folded into a purge, or without a handler
+	Purges    uint64 // namespace purges the outbox delivered
+	Pending   int    // keys (and namespaces to purge) in the outbox now
 }
 
 // Bus is one process's subscription to the invalidation channel, shared by
-// every cache registered with it.
+// every cache registered with it, and its outbox of invalidations that
+// could not be delivered yet.
 //
-// Healthy reports whether the subscription is known to be live. Caches must
-// not serve from L1 while it is not: an invalidation published then cannot be
-// heard. Every (re)subscription confirmed by Redis resets every registered
-// handler before the bus reports healthy again, so whatever was missed during
-// a gap is dropped from L1.
+// # Health and proof
+//
+// Healthy reports whether the subscription is confirmed. Every confirmation
+// (and every loss) resets every registered handler, so whatever was missed
+// during a gap is dropped from L1. Healthy is not enough to serve from L1: a
+// subscription can be live and still deliver late (its goroutine starved of
+// CPU, a paused server, a connection gone silent). [Bus.Proven] is the test
+// for that: the bus sends PINGs on the subscription connection carrying the
+// time they were sent, and Redis answers a PING only after every message
+// published before it, on the same connection. When the receiving goroutine
+// handles a PONG it has therefore applied everything published before the
+// PING was sent, and the PING's send time becomes the proof. Proven(now)
+// holds while that proof is at most MaxStaleness old.
 //
 // A Bus is safe for concurrent use by multiple goroutines.
 type Bus struct {
 	rdb      redis.UniversalClient
-	channel  string
-	nodeID   string
-	interval time.Duration
+	o        Options
+	maxStale int64 // o.MaxStaleness in ns
 	log      *ratelog.Limiter
 
+	// proof is the mono time at which the newest answered PING was sent,
+	// 0 while the bus is unhealthy. Written by the receiving goroutine.
+	proof   atomic.Int64
 	healthy atomic.Bool
+	hinted  atomic.Bool   // a reader asked for a fresh proof; cleared by the pinger
+	hint    chan struct{} // wakes the pinger; capacity 1
+	runID   atomic.Pointer[string]
 
 	mu       sync.Mutex                    // guards the fields below
 	handlers map[string]map[*regEntry]bool // by namespace
@@ -88,66 +184,94 @@ type Bus struct {
 	ps       *redis.PubSub                 // the current subscription
 	closed   bool
 
-	received, own, garbled atomic.Uint64
-	subscribed             atomic.Uint64 // subscription confirmations; every one after the first ends a gap
+	outbox *outbox
 
-	cancel context.CancelFunc
-	done   chan struct{}
+	received, own, garbled, pings, replaced atomic.Uint64
+	subscribed                              atomic.Uint64 // subscription confirmations; every one after the first ends a gap
+
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when the receiving goroutine returns
+	pingers chan struct{} // closed when the pinger returns
 }
 
 type regEntry struct{ h Handler }
 
-// New subscribes to the channel and starts the bus goroutine; Close stops
-// it. The bus reports unhealthy until Redis confirms the subscription; use
-// WaitHealthy to wait for it.
+// New subscribes to the channel and starts the bus's goroutines (receiving,
+// pinging, delivering the outbox); Close stops them. The bus reports
+// unhealthy until Redis confirms the subscription; use WaitHealthy to wait
+// for it.
 func New(rdb redis.UniversalClient, opts *Options) (*Bus, error) {
 	if rdb == nil {
 		return nil, errors.New("pubsub: nil redis client")
 	}
-	var o Options
-	if opts != nil {
-		o = *opts
-	}
-	if o.Channel == "" {
-		o.Channel = DefaultChannel
-	}
-	if o.NodeID == "" {
-		o.NodeID = rand.Text()[:16]
-	}
-	if len(o.NodeID) > MaxNodeIDBytes {
-		return nil, errors.New("pubsub: NodeID longer than MaxNodeIDBytes")
-	}
-	if o.HealthInterval < 0 {
-		return nil, errors.New("pubsub: HealthInterval must not be negative")
-	}
-	if o.HealthInterval == 0 {
-		o.HealthInterval = DefaultHealthInterval
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Bus{
 		rdb:      rdb,
-		channel:  o.Channel,
-		nodeID:   o.NodeID,
-		interval: o.HealthInterval,
+		o:        o,
+		maxStale: int64(o.MaxStaleness),
 		log:      ratelog.New(o.Logger, 5*time.Second),
+		hint:     make(chan struct{}, 1),
 		handlers: make(map[string]map[*regEntry]bool),
 		up:       make(chan struct{}),
 		cancel:   cancel,
 		done:     make(chan struct{}),
+		pingers:  make(chan struct{}),
 	}
+	b.outbox = newOutbox(b, o.OutboxSize)
 	go b.run(ctx)
+	go b.pinger(ctx)
+	go b.outbox.run()
 	return b, nil
 }
 
 // NodeID returns the ID this bus puts in its messages.
-func (b *Bus) NodeID() string { return b.nodeID }
+func (b *Bus) NodeID() string { return b.o.NodeID }
 
 // Channel returns the Redis channel of the bus.
-func (b *Bus) Channel() string { return b.channel }
+func (b *Bus) Channel() string { return b.o.Channel }
 
-// Healthy reports whether the subscription is live, so that every message
-// published from now on will be delivered.
+// MaxStaleness returns the bound Proven checks the proof against.
+func (b *Bus) MaxStaleness() time.Duration { return b.o.MaxStaleness }
+
+// Healthy reports whether the subscription is confirmed, so that every
+// message published from now on will be delivered (eventually: see Proven).
 func (b *Bus) Healthy() bool { return b.healthy.Load() }
+
+// Proven reports whether the bus has applied every message published up to
+// MaxStaleness before now (a mono.Now reading). A cache serves from L1 only
+// while it holds. When the proof is more than half that old, Proven asks
+// the pinger for a fresh one; it never blocks.
+func (b *Bus) Proven(now int64) bool {
+	p := b.proof.Load()
+	age := now - p
+	if age > b.maxStale/2 && !b.hinted.Load() && b.hinted.CompareAndSwap(false, true) {
+		select {
+		case b.hint <- struct{}{}:
+		default:
+		}
+	}
+	return p != 0 && age <= b.maxStale
+}
+
+// ProofAge returns how old the proof is, or -1 if there is none.
+func (b *Bus) ProofAge() time.Duration {
+	p := b.proof.Load()
+	if p == 0 {
+		return -1
+	}
+	return time.Duration(mono.Now() - p)
+}
+
+// Session returns a pointer that identifies the current subscription and
+// holds the run ID of the server it is on ("" when the server does not
+// report one, or for a Cluster client), or nil before the first
+// confirmation. Each confirmation stores a new pointer, even for the same
+// server, so a cache can tell whether it has checked the current session.
+func (b *Bus) Session() *string { return b.runID.Load() }
 
 // WaitHealthy blocks until the bus is healthy, ctx is done (returning its
 // error), or the bus is closed ([ErrClosed]).
@@ -174,16 +298,20 @@ func (b *Bus) WaitHealthy(ctx context.Context) error {
 
 // Stats returns the bus counters.
 func (b *Bus) Stats() Stats {
-	s := Stats{Received: b.received.Load(), Own: b.own.Load(), Garbled: b.garbled.Load()}
+	s := Stats{
+		Received: b.received.Load(), Own: b.own.Load(), Garbled: b.garbled.Load(),
+		Pings: b.pings.Load(), Replaced: b.replaced.Load(),
+	}
 	if n := b.subscribed.Load(); n > 1 {
 		s.Gaps = n - 1
 	}
+	b.outbox.stats(&s)
 	return s
 }
 
 // Encode encodes an announcement from this node; see [Encode].
 func (b *Bus) Encode(kind Kind, namespace string, keys []string) ([][]byte, error) {
-	return Encode(Message{Kind: kind, NodeID: b.nodeID, Namespace: namespace, Keys: keys})
+	return Encode(Message{Kind: kind, NodeID: b.o.NodeID, Namespace: namespace, Keys: keys})
 }
 
 // Register adds h for namespace and returns the function that removes it.
@@ -206,58 +334,108 @@ func (b *Bus) Register(namespace string, h Handler) (unregister func()) {
 	}
 }
 
-// Close stops the bus goroutine and closes the subscription. It is
+// deliverer returns one Deliverer registered for namespace, or nil.
+func (b *Bus) deliverer(namespace string) Deliverer {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for e := range b.handlers[namespace] {
+		if d, ok := e.h.(Deliverer); ok {
+			return d
+		}
+	}
+	return nil
+}
+
+// Close stops the bus's goroutines and closes the subscription, after
+// trying for up to CloseTimeout to deliver what is in the outbox. It is
 // idempotent and always returns nil.
 func (b *Bus) Close() error {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		<-b.done
+		<-b.outbox.done
 		return nil
 	}
 	b.closed = true
 	ps := b.ps
 	b.mu.Unlock()
+	b.outbox.close(b.o.CloseTimeout)
 	b.cancel()
 	if ps != nil {
 		_ = ps.Close() // unblocks a pending receive
 	}
 	<-b.done
+	<-b.pingers
 	return nil
 }
 
-func (b *Bus) setDown() {
-	if !b.healthy.Load() {
-		return
-	}
-	b.mu.Lock()
-	b.healthy.Store(false)
-	b.up = make(chan struct{})
-	b.mu.Unlock()
-}
-
-// setUp resets every handler, then reports healthy.
-func (b *Bus) setUp() {
+// resetHandlers calls Reset on every handler, or on those of one namespace.
+func (b *Bus) resetHandlers(namespace string, all bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for _, hs := range b.handlers {
-		for e := range hs {
-			e.h.Reset()
+	for ns, hs := range b.handlers {
+		if all || ns == namespace {
+			for e := range hs {
+				e.h.Reset()
+			}
 		}
 	}
+}
+
+// setDown withdraws the proof, marks the bus unhealthy and resets every
+// handler: flights that began before the gap must not be joined by readers
+// who came after a write the bus did not hear.
+func (b *Bus) setDown() {
+	b.proof.Store(0)
+	b.mu.Lock()
+	wasUp := b.healthy.Load()
+	if wasUp {
+		b.healthy.Store(false)
+		b.up = make(chan struct{})
+	}
+	b.mu.Unlock()
+	if wasUp {
+		b.resetHandlers("", true)
+	}
+}
+
+// setUp records the session, resets every handler, then reports healthy;
+// the proof follows with the first PONG.
+func (b *Bus) setUp(runID string) {
+	b.runID.Store(&runID)
+	b.resetHandlers("", true)
+	b.mu.Lock()
 	if !b.healthy.Load() {
 		b.healthy.Store(true)
 		close(b.up)
 	}
+	b.mu.Unlock()
+	b.askPing()
 }
 
-// run owns the subscription. It returns when ctx is cancelled by Close.
+func (b *Bus) askPing() {
+	b.hinted.Store(true)
+	select {
+	case b.hint <- struct{}{}:
+	default:
+	}
+}
+
+// run owns the subscription: one connection per session, replaced whenever
+// it fails, goes silent or is never confirmed. It returns when ctx is
+// cancelled by Close.
 func (b *Bus) run(ctx context.Context) {
 	defer close(b.done)
 	defer b.setDown()
 	backoff := newBackoff()
 	for ctx.Err() == nil {
-		ps := b.rdb.Subscribe(ctx, b.channel)
+		// Every call on ps gets a deadline: go-redis dials and resubscribes
+		// with the context of the call that finds no connection, and a
+		// dial through a connection that never answers would block the bus.
+		sctx, cancel := context.WithTimeout(ctx, b.o.HealthInterval)
+		ps := b.rdb.Subscribe(sctx, b.o.Channel)
+		cancel()
 		b.mu.Lock()
 		if b.closed {
 			b.mu.Unlock()
@@ -266,57 +444,140 @@ func (b *Bus) run(ctx context.Context) {
 		}
 		b.ps = ps
 		b.mu.Unlock()
-		b.receive(ctx, ps, backoff)
+		err := b.receive(ctx, ps, backoff)
 		b.mu.Lock()
 		b.ps = nil
 		b.mu.Unlock()
 		_ = ps.Close()
+		b.setDown()
+		if ctx.Err() != nil {
+			return
+		}
+		b.log.Log(slog.LevelWarn, "pubsub: subscription lost, reconnecting", err, slog.String("channel", b.o.Channel))
 		backoff.wait(ctx)
 	}
 }
 
-// receive reads from ps until ctx is done or ps must be replaced because a
-// PING went unanswered.
-func (b *Bus) receive(ctx context.Context, ps *redis.PubSub, bo *backoff) {
-	pinged := false
+var (
+	errSilent        = errors.New("pubsub: subscription silent for two health intervals")
+	errNotConfirmed  = errors.New("pubsub: SUBSCRIBE not confirmed within a health interval")
+	errUnknownServer = errors.New("pubsub: cannot read the server's run ID")
+)
+
+// receive reads from ps until ctx is done or ps must be replaced, and says
+// why. go-redis treats a read timeout as harmless and keeps the connection,
+// so a connection that stays open and silent is replaced here: when its
+// SUBSCRIBE is not confirmed within a health interval, or when nothing at
+// all (not even a PONG to the PINGs the pinger sends at least every
+// interval) has arrived for two.
+func (b *Bus) receive(ctx context.Context, ps *redis.PubSub, bo *backoff) error {
+	interval := int64(b.o.HealthInterval)
+	start := mono.Now()
+	last, confirmed := start, false
 	for {
-		msg, err := ps.ReceiveTimeout(ctx, b.interval)
+		rctx, cancel := context.WithTimeout(ctx, b.o.HealthInterval)
+		msg, err := ps.ReceiveTimeout(rctx, b.o.HealthInterval/4)
+		cancel()
 		if ctx.Err() != nil {
-			return
+			return ctx.Err()
 		}
+		now := mono.Now()
 		if err != nil {
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() && b.Healthy() {
-				if pinged {
-					// Silent for two intervals, PING unanswered: the
-					// connection is dead or the server is stuck.
-					b.setDown()
-					b.log.Log(slog.LevelWarn, "pubsub: no PONG, reconnecting", nil, slog.String("channel", b.channel))
-					return
-				}
-				if perr := ps.Ping(ctx); perr == nil {
-					pinged = true
-					continue
-				}
+			if !errors.Is(err, context.DeadlineExceeded) && (!errors.As(err, &ne) || !ne.Timeout()) {
+				return err
 			}
-			// A broken connection: go-redis reconnects and resubscribes on
-			// the next receive; the confirmation ends the gap.
-			b.setDown()
-			b.log.Log(slog.LevelWarn, "pubsub: subscription lost", err, slog.String("channel", b.channel))
-			bo.wait(ctx)
+			switch {
+			case !confirmed && now-start > interval:
+				b.replaced.Add(1)
+				return errNotConfirmed
+			case now-last > 2*interval:
+				b.replaced.Add(1)
+				return errSilent
+			}
 			continue
 		}
-		pinged = false
+		last = now
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "subscribe" && m.Channel == b.channel {
+			if m.Kind == "subscribe" && m.Channel == b.o.Channel && !confirmed {
+				runID, err := b.serverRunID(ctx)
+				if err != nil {
+					return err
+				}
+				confirmed = true
 				b.subscribed.Add(1)
-				b.setUp()
+				b.setUp(runID)
 				bo.reset()
 			}
 		case *redis.Message:
 			b.dispatch(m.Payload)
 		case *redis.Pong:
+			if sent, err := strconv.ParseInt(m.Payload, 10, 64); err == nil && confirmed && sent > b.proof.Load() {
+				b.proof.Store(sent)
+			}
+		}
+	}
+}
+
+// serverRunID returns the run_id of the server the client reaches, from
+// INFO server: a restart or failover changes it. A Cluster client has one
+// per shard and reports ""; so does a server whose INFO has none
+// (miniredis).
+func (b *Bus) serverRunID(ctx context.Context) (string, error) {
+	if _, ok := b.rdb.(*redis.ClusterClient); ok {
+		return "", nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.o.HealthInterval)
+	defer cancel()
+	info, err := b.rdb.Info(ctx, "server").Result()
+	if err != nil {
+		if errors.As(err, new(redis.Error)) {
+			return "", nil // INFO refused (renamed, ACL, a server without it)
+		}
+		return "", errors.Join(errUnknownServer, err)
+	}
+	for line := range strings.Lines(info) {
+		if id, ok := strings.CutPrefix(strings.TrimSpace(line), "run_id:"); ok {
+			return id, nil
+		}
+	}
+	return "", nil
+}
+
+// pinger sends PINGs on the subscription connection, each carrying its send
+// time, when a reader asks for a fresher proof (at most one per quarter of
+// MaxStaleness) and at least every HealthInterval, which is what detects a
+// silent connection.
+func (b *Bus) pinger(ctx context.Context) {
+	defer close(b.pingers)
+	idle := time.NewTimer(b.o.HealthInterval)
+	defer idle.Stop()
+	gap := b.o.MaxStaleness / 4
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-b.hint:
+		case <-idle.C:
+		}
+		b.mu.Lock()
+		ps := b.ps
+		b.mu.Unlock()
+		b.hinted.Store(false)
+		if ps != nil {
+			b.pings.Add(1)
+			pctx, cancel := context.WithTimeout(ctx, b.o.HealthInterval)
+			_ = ps.Ping(pctx, strconv.FormatInt(mono.Now(), 10))
+			cancel()
+		}
+		idle.Reset(b.o.HealthInterval)
+		t := time.NewTimer(gap)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
 		}
 	}
 }
@@ -326,11 +587,15 @@ func (b *Bus) dispatch(payload string) {
 	m, err := Decode([]byte(payload))
 	if err != nil {
 		b.garbled.Add(1)
-		b.log.Log(slog.LevelWarn, "pubsub: ignoring garbled message", err, slog.String("channel", b.channel))
+		b.log.Log(slog.LevelWarn, "pubsub: ignoring garbled message", err, slog.String("channel", b.o.Channel))
 		return
 	}
-	if m.NodeID == b.nodeID {
+	if m.NodeID == b.o.NodeID {
 		b.own.Add(1)
+		return
+	}
+	if m.Kind == Flush {
+		b.resetHandlers(m.Namespace, false)
 		return
 	}
 	b.mu.Lock()

@@ -27,15 +27,15 @@ func TestNewOptions(t *testing.T) {
 		check   func(t *testing.T, b *Bus)
 	}{
 		{name: "defaults", rdb: rdb, opts: nil, check: func(t *testing.T, b *Bus) {
-			if b.Channel() != DefaultChannel || len(b.NodeID()) != 16 || b.interval != DefaultHealthInterval {
+			if b.Channel() != DefaultChannel || len(b.NodeID()) != 16 || b.o.HealthInterval != DefaultHealthInterval {
 				t.Fatalf("Channel, NodeID, interval = %q, %q, %v; want %q, 16 characters, %v",
-					b.Channel(), b.NodeID(), b.interval, DefaultChannel, DefaultHealthInterval)
+					b.Channel(), b.NodeID(), b.o.HealthInterval, DefaultChannel, DefaultHealthInterval)
 			}
 		}},
 		{name: "explicit", rdb: rdb, opts: &Options{Channel: "ch", NodeID: strings.Repeat("n", MaxNodeIDBytes), HealthInterval: time.Minute},
 			check: func(t *testing.T, b *Bus) {
-				if b.Channel() != "ch" || b.NodeID() != strings.Repeat("n", MaxNodeIDBytes) || b.interval != time.Minute {
-					t.Fatalf("Channel, NodeID, interval = %q, %q, %v", b.Channel(), b.NodeID(), b.interval)
+				if b.Channel() != "ch" || b.NodeID() != strings.Repeat("n", MaxNodeIDBytes) || b.o.HealthInterval != time.Minute {
+					t.Fatalf("Channel, NodeID, interval = %q, %q, %v", b.Channel(), b.NodeID(), b.o.HealthInterval)
 				}
 			}},
 		{name: "nil client", rdb: nil, wantErr: true},
@@ -329,17 +329,20 @@ func TestUnregister(t *testing.T) {
 }
 
 // checkRecovered checks what a bus must have done to come back from a gap:
-// it reset every handler once, while still reporting unhealthy (so before
-// Healthy() turned true), counted the gap, and delivers messages again.
+// it reset every handler twice, when it lost the subscription and when it
+// regained it, both times while reporting unhealthy (so before Healthy()
+// turned true), counted the gap, and delivers messages again.
 func checkRecovered(t *testing.T, rdb *redis.Client, b *Bus, recs map[*recorder]string, wantGaps uint64) {
 	t.Helper()
 	for r, ns := range recs {
-		e := r.next(t)
-		if e.op != "reset" {
-			t.Fatalf("handler of %q: first call after the gap %+v, want a reset", ns, e)
-		}
-		if e.healthy {
-			t.Fatalf("handler of %q was reset while the bus already reported healthy", ns)
+		for _, when := range []string{"lost", "regained"} {
+			e := r.next(t)
+			if e.op != "reset" {
+				t.Fatalf("handler of %q: call %+v when the subscription was %s, want a reset", ns, e, when)
+			}
+			if e.healthy {
+				t.Fatalf("handler of %q was reset while the bus reported healthy (subscription %s)", ns, when)
+			}
 		}
 	}
 	waitHealthy(t, b)
@@ -442,7 +445,8 @@ func TestConnectionCut(t *testing.T) {
 }
 
 // TestSilentConnection: a connection that stops answering without being
-// closed is detected by the PING health check within two intervals.
+// closed is detected by the PING health check within two intervals, and
+// replaced.
 func TestSilentConnection(t *testing.T) {
 	t.Parallel()
 	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
@@ -456,8 +460,11 @@ func TestSilentConnection(t *testing.T) {
 		drain(recs)
 
 		p.freeze()
-		if r := logs.waitLog(t, "pubsub: no PONG"); r.healthy {
-			t.Fatal("the bus logged the missing PONG while reporting healthy")
+		if r := logs.waitLog(t, "pubsub: subscription lost"); r.healthy {
+			t.Fatal("the bus logged the silent connection while reporting healthy")
+		}
+		if s := b.Stats(); s.Replaced != 1 {
+			t.Fatalf("Stats.Replaced = %d, want 1", s.Replaced)
 		}
 		waitUnhealthy(t, b)
 		p.thaw()

@@ -90,15 +90,18 @@ func encode(t *testing.T, m Message) [][]byte {
 
 // event is one call of a Handler method.
 type event struct {
-	op      string // "invalidate", "wake" or "reset"
+	op      string // "invalidate", "wake", "reset", "deliver" or "purge"
 	keys    []string
 	healthy bool // what the bus's Healthy() said during the call
 }
 
-// recorder is a Handler that records its calls.
+// recorder is a Handler that records its calls. Deliver and Purge call
+// deliver and purge when set, and succeed otherwise.
 type recorder struct {
-	bus    *Bus
-	events chan event
+	bus     *Bus
+	events  chan event
+	deliver func(ctx context.Context, keys []string) error
+	purge   func(ctx context.Context) error
 }
 
 func newRecorder(b *Bus) *recorder {
@@ -112,6 +115,20 @@ func (r *recorder) Wake(keys []string) {
 	r.events <- event{"wake", slices.Clone(keys), r.bus.Healthy()}
 }
 func (r *recorder) Reset() { r.events <- event{"reset", nil, r.bus.Healthy()} }
+func (r *recorder) Deliver(ctx context.Context, keys []string) error {
+	r.events <- event{"deliver", slices.Clone(keys), r.bus.Healthy()}
+	if r.deliver != nil {
+		return r.deliver(ctx, keys)
+	}
+	return nil
+}
+func (r *recorder) Purge(ctx context.Context) error {
+	r.events <- event{"purge", nil, r.bus.Healthy()}
+	if r.purge != nil {
+		return r.purge(ctx)
+	}
+	return nil
+}
 
 // next returns the next call.
 func (r *recorder) next(t *testing.T) event {

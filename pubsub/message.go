@@ -11,7 +11,7 @@ import (
 //	magic 0x54 ('T') | version 1 | kind
 //	uvarint len | node ID      (at most MaxNodeIDBytes)
 //	uvarint len | namespace    (at most MaxNamespaceBytes)
-//	uvarint n   | n × (uvarint len | key)   (n ≥ 1)
+//	uvarint n   | n × (uvarint len | key)   (n ≥ 1; n = 0 for Flush)
 //
 // The whole message is at most MaxMessageBytes. Messages never carry values:
 // the worst a forged or garbled message can do is cause a miss.
@@ -37,6 +37,9 @@ const (
 	// Wake: a lease on the keys ended (value filled or lease released);
 	// nodes waiting for it should look in Redis again. L1 is not touched.
 	Wake Kind = 2
+	// Flush: the whole namespace was purged from Redis; drop all of its L1
+	// entries. It carries no keys.
+	Flush Kind = 3
 )
 
 func (k Kind) String() string {
@@ -45,9 +48,13 @@ func (k Kind) String() string {
 		return "invalidate"
 	case Wake:
 		return "wake"
+	case Flush:
+		return "flush"
 	}
 	return fmt.Sprintf("Kind(%d)", byte(k))
 }
+
+func (k Kind) known() bool { return k == Invalidate || k == Wake || k == Flush }
 
 // ErrGarbled is wrapped by every decoding error.
 var ErrGarbled = errors.New("pubsub: garbled message")
@@ -75,18 +82,25 @@ func (m *Message) header() []byte {
 
 // Encode returns m as one or more messages of at most MaxMessageBytes each,
 // splitting Keys between them; each carries the same kind, node and
-// namespace. It returns nil for a message without keys.
+// namespace. It returns nil for a message without keys, except for a Flush,
+// which is one message and carries none.
 func Encode(m Message) ([][]byte, error) {
-	if m.Kind != Invalidate && m.Kind != Wake {
+	if !m.Kind.known() {
 		return nil, fmt.Errorf("pubsub: unknown kind %d", m.Kind)
 	}
 	if len(m.NodeID) > MaxNodeIDBytes || len(m.Namespace) > MaxNamespaceBytes {
 		return nil, fmt.Errorf("%w: node ID %d bytes, namespace %d bytes", ErrTooLarge, len(m.NodeID), len(m.Namespace))
 	}
+	if m.Kind == Flush && len(m.Keys) > 0 {
+		return nil, fmt.Errorf("pubsub: a flush carries no keys, got %d", len(m.Keys))
+	}
+	head := m.header()
+	if m.Kind == Flush {
+		return [][]byte{binary.AppendUvarint(head, 0)}, nil
+	}
 	if len(m.Keys) == 0 {
 		return nil, nil
 	}
-	head := m.header()
 	var out [][]byte
 	for rest := m.Keys; len(rest) > 0; {
 		// Find how many keys fit.
@@ -127,17 +141,17 @@ func Decode(b []byte) (Message, error) {
 		return Message{}, fmt.Errorf("%w: unknown version %d", ErrGarbled, b[1])
 	}
 	m := Message{Kind: Kind(b[2])}
-	if m.Kind != Invalidate && m.Kind != Wake {
+	if !m.Kind.known() {
 		return Message{}, fmt.Errorf("%w: unknown kind %d", ErrGarbled, b[2])
 	}
 	r := reader{b: b[3:]}
 	m.NodeID = r.str(MaxNodeIDBytes)
 	m.Namespace = r.str(MaxNamespaceBytes)
 	n := r.uvarint()
-	if r.err == nil && (n == 0 || n > uint64(len(r.b))) {
-		r.err = fmt.Errorf("%w: bad key count %d", ErrGarbled, n)
+	if r.err == nil && ((n == 0) != (m.Kind == Flush) || n > uint64(len(r.b))) {
+		r.err = fmt.Errorf("%w: bad key count %d for %v", ErrGarbled, n, m.Kind)
 	}
-	if r.err == nil {
+	if r.err == nil && n > 0 {
 		m.Keys = make([]string, 0, n)
 		for i := uint64(0); i < n && r.err == nil; i++ {
 			m.Keys = append(m.Keys, r.str(MaxMessageBytes))

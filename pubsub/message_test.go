@@ -13,7 +13,7 @@ import (
 
 func TestKindString(t *testing.T) {
 	t.Parallel()
-	for k, want := range map[Kind]string{Invalidate: "invalidate", Wake: "wake", 0: "Kind(0)", 3: "Kind(3)", 255: "Kind(255)"} {
+	for k, want := range map[Kind]string{Invalidate: "invalidate", Wake: "wake", Flush: "flush", 0: "Kind(0)", 4: "Kind(4)", 255: "Kind(255)"} {
 		if got := k.String(); got != want {
 			t.Errorf("Kind(%d).String() = %q, want %q", byte(k), got, want)
 		}
@@ -36,6 +36,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 			NodeID: strings.Repeat("n", MaxNodeIDBytes), Namespace: strings.Repeat("s", MaxNamespaceBytes), Keys: []string{"k"}}},
 		{"key with a two-byte length", Message{Kind: Invalidate, NodeID: "n", Namespace: "ns", Keys: []string{strings.Repeat("k", 300)}}},
 		{"1000 keys", Message{Kind: Invalidate, NodeID: "n", Namespace: "ns", Keys: numberedKeys(1000, "key-")}},
+		{"flush", Message{Kind: Flush, NodeID: "n", Namespace: "ns"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -143,7 +144,8 @@ func TestEncodeErrors(t *testing.T) {
 		{"no keys", Message{Kind: Invalidate, NodeID: "n", Namespace: "ns"}, nil},
 		{"empty key slice", Message{Kind: Invalidate, NodeID: "n", Namespace: "ns", Keys: []string{}}, nil},
 		{"kind 0", Message{Kind: 0, NodeID: "n", Namespace: "ns", Keys: []string{"k"}}, errAny},
-		{"kind 3", Message{Kind: 3, NodeID: "n", Namespace: "ns", Keys: []string{"k"}}, errAny},
+		{"kind 4", Message{Kind: 4, NodeID: "n", Namespace: "ns", Keys: []string{"k"}}, errAny},
+		{"flush with keys", Message{Kind: Flush, NodeID: "n", Namespace: "ns", Keys: []string{"k"}}, errAny},
 		{"node ID too long", Message{Kind: Invalidate, NodeID: strings.Repeat("n", MaxNodeIDBytes+1), Namespace: "ns", Keys: []string{"k"}}, ErrTooLarge},
 		{"namespace too long", Message{Kind: Invalidate, NodeID: "n", Namespace: strings.Repeat("s", MaxNamespaceBytes+1), Keys: []string{"k"}}, ErrTooLarge},
 		{"key too large", Message{Kind: Invalidate, NodeID: "n", Namespace: "ns", Keys: []string{huge}}, ErrTooLarge},
@@ -209,7 +211,9 @@ func TestDecodeGarbled(t *testing.T) {
 		{"version 0", raw('T', 0, 1, "node", "ns", 1, "a")},
 		{"version 2", raw('T', 2, 1, "node", "ns", 1, "a")},
 		{"kind 0", raw('T', 1, 0, "node", "ns", 1, "a")},
-		{"kind 3", raw('T', 1, 3, "node", "ns", 1, "a")},
+		{"flush with a key", raw('T', 1, 3, "node", "ns", 1, "a")},
+		{"kind 4", raw('T', 1, 4, "node", "ns", 1, "a")},
+		{"invalidate without keys", raw('T', 1, 1, "node", "ns", 0)},
 		{"node ID too long", raw('T', 1, 1, strings.Repeat("n", MaxNodeIDBytes+1), "ns", 1, "a")},
 		{"namespace too long", raw('T', 1, 1, "node", strings.Repeat("s", MaxNamespaceBytes+1), 1, "a")},
 		{"node ID length past the end", raw('T', 1, 1, 10, []byte("node"))},

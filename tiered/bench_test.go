@@ -66,7 +66,7 @@ func benchCache(b *testing.B, addr string, opts Options) *Cache[benchValue] {
 	}
 	b.Cleanup(func() { c.Close() })
 	ctx := context.Background()
-	if err := c.Bus().WaitHealthy(ctx); err != nil {
+	if err := c.WaitReady(ctx); err != nil {
 		b.Fatal(err)
 	}
 	if err := c.Set(ctx, "k", newBenchValue()); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -13,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/tieredcache/tiered/internal/mono"
 	"github.com/tieredcache/tiered/internal/ratelog"
 	"github.com/tieredcache/tiered/l1"
 	"github.com/tieredcache/tiered/l2"
@@ -39,18 +41,35 @@ type Cache[V any] struct {
 	bus *pubsub.Bus
 	log *ratelog.Limiter
 
-	loads   singleflight.Group // GetOrLoad flights, by key
-	fetches singleflight.Group // Get flights, by key
+	// flights are the flights a caller may join; replaced when the bus
+	// resets, and while the bus cannot prove L1 fresh (see flightsFor).
+	flights atomic.Pointer[flights]
+	// resets counts the bus's resets; a load that saw a reset since it
+	// began does not write Redis.
+	resets atomic.Uint64
 
 	waitMu  sync.Mutex                            // guards waiters
 	waiters map[string]map[chan struct{}]struct{} // flights waiting for a lease, by key
 
+	brk breaker
+
+	// synced is the bus session (see pubsub.Bus.Session) whose server this
+	// cache has checked for a restart with old data; Redis is read only
+	// while it is the current one. syncMu guards syncedCh, closed and
+	// replaced whenever synced changes.
+	synced   atomic.Pointer[string]
+	syncMu   sync.Mutex
+	syncedCh chan struct{}
+	warned   bool          // persistence warning logged; maintenance goroutine only
+	kick     chan struct{} // wakes the maintenance goroutine; capacity 1
+	maintDone chan struct{}
+
 	stats counters
 
-	closeMu    sync.RWMutex   // orders flights.Add before Close's flights.Wait
+	closeMu    sync.RWMutex   // orders running.Add before Close's running.Wait
 	closed     atomic.Bool    // set with closeMu held for writing
 	closing    chan struct{}  // closed by Close: lease waits end
-	flights    sync.WaitGroup // running flights; Close waits for them
+	running    sync.WaitGroup // running flights; Close waits for them
 	closeOnce  sync.Once
 	unregister func()
 
@@ -64,8 +83,10 @@ type Cache[V any] struct {
 }
 
 // New returns a Cache over rdb (a single-node, failover or cluster client;
-// several caches may share one). It starts the L1 worker goroutines and,
-// when opts.Bus is nil, a bus of its own; Close stops them.
+// several caches may share one). It starts the L1 worker goroutines, a
+// maintenance goroutine (server checks, breaker probes) and, when opts.Bus
+// is nil, a bus of its own; Close stops them. New does not wait for Redis:
+// until the bus is subscribed, reads go to the loader (see WaitReady).
 func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 	o, err := opts.withDefaults()
 	if err != nil {
@@ -79,15 +100,23 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 	}
 	c := &Cache[V]{
-		o:       o,
-		l2:      store,
-		bus:     o.Bus,
-		log:     ratelog.New(o.Logger, 5*time.Second),
-		waiters: make(map[string]map[chan struct{}]struct{}),
-		pollMin: pollMin,
-		pollMax: pollMax,
-		closing: make(chan struct{}),
+		o:         o,
+		l2:        store,
+		bus:       o.Bus,
+		log:       ratelog.New(o.Logger, 5*time.Second),
+		waiters:   make(map[string]map[chan struct{}]struct{}),
+		brk:       breaker{threshold: int64(o.BreakerFailures)},
+		syncedCh:  make(chan struct{}),
+		kick:      make(chan struct{}, 1),
+		maintDone: make(chan struct{}),
+		pollMin:   pollMin,
+		pollMax:   pollMax,
+		closing:   make(chan struct{}),
 	}
+	if o.BreakerFailures < 0 {
+		c.brk.threshold = math.MaxInt64
+	}
+	c.flights.Store(newFlights(mono.Now()))
 	if !o.DisableL1 {
 		c.l1, err = l1.New[*entry[V]](&l1.Options{MaxBytes: o.L1MaxBytes, NumCounters: o.L1NumCounters})
 		if err != nil {
@@ -95,7 +124,7 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 		}
 	}
 	if c.bus == nil {
-		c.bus, err = pubsub.New(rdb, &pubsub.Options{Logger: o.Logger})
+		c.bus, err = pubsub.New(rdb, &pubsub.Options{Logger: o.Logger, MaxStaleness: o.MaxStaleness})
 		if err != nil {
 			if c.l1 != nil {
 				c.l1.Close()
@@ -104,6 +133,8 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 		}
 	}
 	c.unregister = c.bus.Register(o.Namespace, busHandler[V]{c})
+	go c.maintain()
+	c.kickMaintenance()
 	if !contextTimeouts(rdb) {
 		c.log.Log(slog.LevelWarn, "tiered: the redis client has ContextTimeoutEnabled off; OpTimeout cannot cut a call to a server that does not answer", nil,
 			slog.String("namespace", o.Namespace))
@@ -129,11 +160,43 @@ func (c *Cache[V]) Bus() *pubsub.Bus { return c.bus }
 // Stats returns the cache's counters.
 func (c *Cache[V]) Stats() Stats { return c.stats.snapshot() }
 
+// WaitReady blocks until the cache uses both tiers: its bus is subscribed,
+// the server has been checked for a restart with old data, and the bus has
+// proved L1 fresh once. It returns ctx's error if ctx ends first, and
+// ErrClosed. A cache answers reads before it is ready (from the loader), so
+// calling WaitReady is optional: a service may use it in its readiness
+// probe.
+func (c *Cache[V]) WaitReady(ctx context.Context) error {
+	for {
+		if err := c.bus.WaitHealthy(ctx); err != nil {
+			if errors.Is(err, pubsub.ErrClosed) {
+				return ErrClosed
+			}
+			return err
+		}
+		if c.waitSynced(ctx) && c.bus.Proven(mono.Now()) {
+			return nil
+		}
+		if c.closed.Load() {
+			return ErrClosed
+		}
+		t := time.NewTimer(time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
+}
+
 // Close stops the goroutines New started and drops L1. It is idempotent;
 // afterwards every method returns ErrClosed. Flights in progress stop waiting
 // for leases (their callers get ErrClosed) and Close waits for them to end,
 // so no loader runs after Close returns; a loader that is running is waited
-// for (its context ends after Options.LoadTimeout). Close must not be called
+// for (its context ends after Options.LoadTimeout). Invalidations of this
+// cache still in the outbox are delivered for up to the bus's CloseTimeout
+// (pubsub.DefaultCloseTimeout for a shared bus). Close must not be called
 // while other methods of the cache are running.
 func (c *Cache[V]) Close() error {
 	c.closeOnce.Do(func() {
@@ -141,11 +204,16 @@ func (c *Cache[V]) Close() error {
 		c.closed.Store(true)
 		close(c.closing)
 		c.closeMu.Unlock()
-		c.flights.Wait()
-		c.unregister()
-		if c.o.Bus == nil { // the bus is our own
+		c.running.Wait()
+		<-c.maintDone
+		if c.o.Bus == nil { // the bus is our own: its Close delivers the outbox
 			_ = c.bus.Close()
+		} else {
+			ctx, cancel := context.WithTimeout(context.Background(), pubsub.DefaultCloseTimeout)
+			_ = c.bus.Flush(ctx, c.o.Namespace)
+			cancel()
 		}
+		c.unregister()
 		if c.l1 != nil {
 			c.l1.Close()
 		}
@@ -168,13 +236,22 @@ func (c *Cache[V]) checkKey(key string) error {
 	return nil
 }
 
-// fromL1 looks key up in L1. L1 is not consulted while the bus is
-// unhealthy: an invalidation published now would not be heard.
-func (c *Cache[V]) fromL1(key string) (*entry[V], bool) {
-	if c.l1 == nil || !c.bus.Healthy() {
+// fromL1 looks key up in L1 at now (a mono.Now reading), given whether the
+// bus proved L1 fresh at now. L1 is not consulted without that proof (an
+// invalidation may have been published and not applied), nor for a key
+// whose invalidation is pending in the outbox.
+func (c *Cache[V]) fromL1(key string, now int64, proven bool) (*entry[V], bool) {
+	if c.l1 == nil {
 		return nil, false
 	}
-	e, ok := c.l1.Get(key)
+	if !proven {
+		c.stats.l1Unproven.Add(1)
+		return nil, false
+	}
+	if c.bus.Pending(c.o.Namespace, key) {
+		return nil, false
+	}
+	e, ok := c.l1.GetAt(key, now)
 	if !ok {
 		return nil, false
 	}
@@ -202,10 +279,12 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 		var zero V
 		return zero, err
 	}
-	if e, ok := c.fromL1(key); ok {
+	now := mono.Now()
+	proven := c.bus.Proven(now)
+	if e, ok := c.fromL1(key, now, proven); ok {
 		return e.result()
 	}
-	return c.flight(ctx, &c.fetches, key, func(fctx context.Context) (V, error) {
+	return c.flight(ctx, c.flightsFor(now, proven).fetches, key, func(fctx context.Context) (V, error) {
 		return c.fetch(fctx, key)
 	})
 }
@@ -232,16 +311,49 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, loader Loader[V]) 
 		var zero V
 		return zero, err
 	}
-	if e, ok := c.fromL1(key); ok {
+	now := mono.Now()
+	proven := c.bus.Proven(now)
+	if e, ok := c.fromL1(key, now, proven); ok {
 		return e.result()
 	}
 	if loader == nil {
 		var zero V
 		return zero, errors.New("tiered: nil loader")
 	}
-	return c.flight(ctx, &c.loads, key, func(fctx context.Context) (V, error) {
+	return c.flight(ctx, c.flightsFor(now, proven).loads, key, func(fctx context.Context) (V, error) {
 		return c.load(fctx, key, loader)
 	})
+}
+
+// flights is one generation of the flights callers may join.
+type flights struct {
+	loads   *singleflight.Group // GetOrLoad flights, by key
+	fetches *singleflight.Group // Get flights, by key
+	born    int64               // mono time of the generation's creation
+}
+
+func newFlights(now int64) *flights {
+	return &flights{loads: new(singleflight.Group), fetches: new(singleflight.Group), born: now}
+}
+
+// flightsFor returns the flights a caller arriving at now may join.
+//
+// A caller must not join a flight that began before a write it should see:
+// the flight may return what was there before. Every write this node hears
+// of forgets its keys' flights (see written), and while the bus proves L1
+// fresh it has heard of every write acknowledged more than MaxStaleness
+// ago. Without that proof it may have missed some, so flights are then
+// joinable for at most MaxStaleness/2: an older generation is replaced,
+// and its flights finish for the callers they have.
+func (c *Cache[V]) flightsFor(now int64, proven bool) *flights {
+	f := c.flights.Load()
+	if proven || now-f.born <= int64(c.o.MaxStaleness)/2 {
+		return f
+	}
+	if nf := newFlights(now); c.flights.CompareAndSwap(f, nf) {
+		return nf
+	}
+	return c.flights.Load()
 }
 
 // flight runs fn once for all concurrent callers of key in g. fn runs on a
@@ -261,9 +373,9 @@ func (c *Cache[V]) flight(ctx context.Context, g *singleflight.Group, key string
 			c.closeMu.RUnlock()
 			return nil, ErrClosed
 		}
-		c.flights.Add(1)
+		c.running.Add(1)
 		c.closeMu.RUnlock()
-		defer c.flights.Done()
+		defer c.running.Done()
 		// fn recovers loader panics itself, so Do and DoChan never re-panic.
 		return fn(context.WithoutCancel(ctx))
 	}
@@ -287,9 +399,13 @@ func (c *Cache[V]) flight(ctx context.Context, g *singleflight.Group, key string
 // other node drop key from its L1. A load of key in flight anywhere is
 // discarded rather than written after v.
 //
-// On a Redis failure it returns an error wrapping ErrUnavailable, drops
-// key from the local L1 and, as after a write, lets no later caller join a
-// load of key already running: whether the write reached Redis is unknown.
+// The Redis call is bounded by ctx and Options.WriteTimeout, not by
+// OpTimeout: a paused server is waited out. If it fails, whether it
+// reached Redis is unknown, so Set drops key from the local L1, lets no
+// later caller join a load of key already running, and queues key's
+// invalidation in the bus's outbox (see Delete). It then returns an error
+// wrapping ErrUnavailable: one that also wraps ErrQueued if the outbox has
+// not delivered the invalidation by the deadline; v was not stored.
 func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 	if err := c.checkKey(key); err != nil {
 		return err
@@ -303,27 +419,35 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 	if err != nil {
 		return err
 	}
-	if err := c.l2.Set(ctx, key, env, ttl, ann); err != nil {
-		c.l2Failed("set", err)
-		// The write may have reached Redis: treat it as one, as Delete does.
-		c.dropL1(key)
+	keys := []string{key}
+	delivered, cause := c.write(ctx, "set", keys, func(wctx context.Context) error {
+		return c.l2.Set(wctx, key, env, ttl, ann)
+	})
+	switch {
+	case cause == nil:
+		if c.l1 != nil {
+			c.l1.Replace(t, key, &entry[V]{v: v}, int64(len(env)), min(c.o.L1TTL, ttl))
+		}
 		c.written(key)
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return nil
+	case delivered:
+		return fmt.Errorf("%w: %w", ErrUnavailable, cause)
 	}
-	if c.l1 != nil {
-		c.l1.Replace(t, key, &entry[V]{v: v}, int64(len(env)), min(c.o.L1TTL, ttl))
-	}
-	c.written(key)
-	return nil
+	return fmt.Errorf("%w: %w: %w", ErrQueued, ErrUnavailable, cause)
 }
 
 // Delete deletes keys from Redis, then from this process's L1, and has every
 // other node drop them from its L1, with one message for the whole batch. A
 // load of any of them in flight anywhere is discarded.
 //
-// If any key is invalid nothing is deleted. On a Redis failure it returns an
-// error wrapping ErrUnavailable; the keys are dropped from the local L1 in
-// any case.
+// If any key is invalid nothing is deleted. The Redis call is bounded by
+// ctx and Options.WriteTimeout. If it fails, the keys' invalidation goes to
+// the bus's outbox, which retries it with backoff until Redis answers;
+// until it is delivered this node serves the keys from neither L1 nor
+// Redis. Delete waits for the delivery within the same deadline and returns
+// nil if it happened; otherwise an error wrapping ErrQueued and
+// ErrUnavailable, and the outbox goes on. A write that reached Redis but
+// lost its reply is harmless to deliver again.
 func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 	for _, k := range keys {
 		if err := c.checkKey(k); err != nil {
@@ -337,14 +461,54 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 	if err != nil {
 		return err
 	}
-	err = c.l2.Delete(ctx, keys, ann)
+	delivered, cause := c.write(ctx, "delete", keys, func(wctx context.Context) error {
+		return c.l2.Delete(wctx, keys, ann)
+	})
 	c.dropL1(keys...)
 	c.written(keys...)
-	if err != nil {
-		c.l2Failed("delete", err)
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	if cause == nil || delivered {
+		return nil
 	}
-	return nil
+	return fmt.Errorf("%w: %w: %w", ErrQueued, ErrUnavailable, cause)
+}
+
+// Causes wrapped in ErrUnavailable when no Redis call was made.
+var (
+	errBreakerOpen = errors.New("tiered: breaker open: redis failed repeatedly")
+	errNotSynced   = errors.New("tiered: bus not subscribed or server not checked yet")
+	errPending     = errors.New("tiered: the key's invalidation is pending in the outbox")
+)
+
+// write runs do, the Redis side of a Set or Delete of keys, with the
+// deadline of ctx and WriteTimeout, unless the breaker is open. If that
+// fails (cause != nil), it queues the keys' invalidation in the outbox,
+// drops them from L1, forgets their flights, and waits for the delivery
+// within the same deadline (delivered).
+func (c *Cache[V]) write(ctx context.Context, op string, keys []string, do func(context.Context) error) (delivered bool, cause error) {
+	wctx, cancel := context.WithTimeout(ctx, c.o.WriteTimeout)
+	defer cancel()
+	if c.brk.allow() {
+		cause = do(wctx)
+		if c.l2Done(op, cause); cause == nil {
+			return false, nil
+		}
+	} else {
+		c.stats.breakerSkips.Add(1)
+		cause = errBreakerOpen
+	}
+	c.stats.queued.Add(uint64(len(keys)))
+	c.bus.Queue(c.o.Namespace, keys, time.Now().Add(c.copiesOutlive()))
+	c.dropL1(keys...)
+	c.written(keys...)
+	return c.bus.WaitDelivered(wctx, c.o.Namespace, keys) == nil, cause
+}
+
+// copiesOutlive bounds how long a copy of a key written before now can
+// live: a value in Redis, or one a load that began before now fills into
+// Redis or L1 after it. An outbox entry older than that has nothing left
+// to invalidate.
+func (c *Cache[V]) copiesOutlive() time.Duration {
+	return c.o.LoadTimeout + c.o.LeaseTTL + max(c.o.TTL+max(c.o.Jitter, 0), c.o.NegativeTTL)
 }
 
 func (c *Cache[V]) announce(kind pubsub.Kind, keys ...string) (l2.Announce, error) {
@@ -385,17 +549,49 @@ func (c *Cache[V]) encode(v V, negative bool) ([]byte, time.Duration, error) {
 // of joining one of those. And wake flights waiting for a lease of keys: the
 // write deleted it.
 func (c *Cache[V]) written(keys ...string) {
+	f := c.flights.Load()
 	for _, k := range keys {
-		c.loads.Forget(k)
-		c.fetches.Forget(k)
+		f.loads.Forget(k)
+		f.fetches.Forget(k)
 	}
 	c.wake(keys...)
 }
 
-func (c *Cache[V]) l2Failed(op string, err error) {
+// l2Done records the outcome of a Redis call: a success (or a miss) closes
+// the breaker; a failure is counted and logged, and opens it after
+// BreakerFailures in a row, unless Redis rejected the command (it is up).
+func (c *Cache[V]) l2Done(op string, err error) {
+	if err == nil || errors.Is(err, l2.ErrMiss) {
+		if c.brk.success() {
+			c.log.Log(slog.LevelInfo, "tiered: redis answers again, breaker closed", nil,
+				slog.String("namespace", c.o.Namespace))
+		}
+		return
+	}
 	c.stats.l2Errors.Add(1)
 	c.log.Log(slog.LevelWarn, "tiered: redis unavailable", err,
 		slog.String("namespace", c.o.Namespace), slog.String("op", op))
+	if !l2.Permanent(err) && c.brk.failure() {
+		c.stats.breakerOpens.Add(1)
+		c.log.Log(slog.LevelError, "tiered: breaker open: reads skip redis, writes go to the outbox", err,
+			slog.String("namespace", c.o.Namespace))
+		c.kickMaintenance()
+	}
+}
+
+// l2Ready reports whether a read may use Redis now, and if not, why: the
+// breaker is open, or the bus is not subscribed (a gap: the server may have
+// restarted with old data) or its server not checked yet; for those it
+// waits at most OpTimeout.
+func (c *Cache[V]) l2Ready(ctx context.Context) error {
+	if !c.brk.allow() {
+		c.stats.breakerSkips.Add(1)
+		return errBreakerOpen
+	}
+	if !c.waitSynced(ctx) {
+		return errNotSynced
+	}
+	return nil
 }
 
 // dropL1 invalidates keys in L1, if there is one.
@@ -416,9 +612,58 @@ func (h busHandler[V]) Invalidate(keys []string) {
 
 func (h busHandler[V]) Wake(keys []string) { h.c.wake(keys...) }
 
+// Reset drops L1 and starts a new generation of flights: no caller after
+// it joins a flight that began before it, and no load that began before it
+// writes Redis.
 func (h busHandler[V]) Reset() {
-	h.c.stats.resets.Add(1)
-	if h.c.l1 != nil {
-		h.c.l1.Clear()
+	c := h.c
+	c.stats.resets.Add(1)
+	c.resets.Add(1)
+	c.flights.Store(newFlights(mono.Now()))
+	if c.l1 != nil {
+		c.l1.Clear()
 	}
+}
+
+// Deliver is the outbox's delivery of keys: the delete script, as Delete
+// runs it. If Redis rejects it for good (the keys can never be deleted one
+// by one), the namespace is purged instead: an invalidation is never given
+// up.
+func (h busHandler[V]) Deliver(ctx context.Context, keys []string) error {
+	c := h.c
+	ann, err := c.announce(pubsub.Invalidate, keys...)
+	if err == nil {
+		err = c.l2.Delete(ctx, keys, ann)
+		c.l2Done("outbox delivery", err)
+	}
+	if err != nil && (l2.Permanent(err) || !errors.Is(err, l2.ErrUnavailable)) {
+		c.log.Log(slog.LevelError, "tiered: redis rejects the invalidation of keys, purging the namespace", err,
+			slog.String("namespace", c.o.Namespace))
+		err = h.Purge(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	c.stats.delivered.Add(uint64(len(keys)))
+	c.dropL1(keys...)
+	c.written(keys...)
+	return nil
+}
+
+// Purge deletes the whole namespace from Redis and announces a Flush, which
+// makes every other node reset this namespace; this node resets itself.
+func (h busHandler[V]) Purge(ctx context.Context) error {
+	c := h.c
+	msgs, err := c.bus.Encode(pubsub.Flush, c.o.Namespace, nil)
+	if err != nil {
+		return err
+	}
+	err = c.l2.Purge(ctx, l2.Announce{Channel: c.bus.Channel(), Messages: msgs})
+	c.l2Done("purge", err)
+	if err != nil {
+		return err
+	}
+	c.stats.purges.Add(1)
+	h.Reset()
+	return nil
 }

@@ -46,7 +46,7 @@ func Example() {
 	}
 	defer products.Close()
 	// L1 is used once the invalidation bus is subscribed.
-	if err := products.Bus().WaitHealthy(ctx); err != nil {
+	if err := products.WaitReady(ctx); err != nil {
 		panic(err)
 	}
 
@@ -90,6 +90,11 @@ func ExampleCache_GetOrLoad() {
 		panic(err)
 	}
 	defer prices.Close()
+	// Optional: until the cache is ready (bus subscribed), a read waits
+	// for it at most OpTimeout, then goes to the loader.
+	if err := prices.WaitReady(ctx); err != nil {
+		panic(err)
+	}
 
 	release := make(chan struct{})
 	loader := tiered.LoaderFunc[int](func(ctx context.Context, key string) (int, error) {
@@ -131,6 +136,9 @@ func ExampleCache_GetOrLoad_negative() {
 		panic(err)
 	}
 	defer users.Close()
+	if err := users.WaitReady(ctx); err != nil {
+		panic(err)
+	}
 
 	calls := 0
 	loader := tiered.LoaderFunc[string](func(ctx context.Context, key string) (string, error) {

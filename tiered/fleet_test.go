@@ -85,7 +85,7 @@ func newFleet(t *testing.T, addr string, n int, opts Options) []*fleetNode {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, nd := range nodes {
-		if err := nd.c.Bus().WaitHealthy(ctx); err != nil {
+		if err := nd.c.WaitReady(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -562,7 +562,7 @@ func TestLeaseWaitersAreWoken(t *testing.T) {
 			if n, _ := holder.rdb.Exists(ctx, "fleet:{"+key+"}:lease").Result(); n != 1 {
 				t.Fatal("the holder does not hold the lease")
 			}
-			tc.waiter.c.loads.Forget(key)
+			tc.waiter.c.flights.Load().loads.Forget(key)
 			done := make(chan error, 1)
 			waiterLoader := &srcLoader{rdb: tc.waiter.rdb}
 			go func() {

@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/tieredcache/tiered/internal/mono"
 	"github.com/tieredcache/tiered/l1"
 	"github.com/tieredcache/tiered/l2"
 	"github.com/tieredcache/tiered/pubsub"
@@ -45,22 +46,34 @@ func (c *Cache[V]) fill(t l1.Ticket, key string, v V, neg bool, cost int, ttl ti
 	c.l1.Fill(t, key, &entry[V]{v: v, neg: neg}, int64(cost), ttl)
 }
 
+// recheckL1 looks in L1 again at the start of a flight: a flight that
+// finished between this caller's L1 miss and the start of this one may have
+// filled it (groupcache's reason).
+func (c *Cache[V]) recheckL1(key string) (*entry[V], bool) {
+	now := mono.Now()
+	return c.fromL1(key, now, c.bus.Proven(now))
+}
+
 // fetch is the flight of Get: L1 again, then Redis.
 func (c *Cache[V]) fetch(ctx context.Context, key string) (V, error) {
 	var zero V
-	t := c.begin(key)
-	// Check L1 again: a flight that finished between this caller's L1 miss
-	// and the start of this one may have filled it (groupcache's reason).
-	if e, ok := c.fromL1(key); ok {
+	if e, ok := c.recheckL1(key); ok {
 		return e.result()
 	}
+	if c.bus.Pending(c.o.Namespace, key) {
+		return zero, fmt.Errorf("%w: %w", ErrUnavailable, errPending)
+	}
+	if err := c.l2Ready(ctx); err != nil {
+		return zero, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	t := c.begin(key)
 	raw, err := c.l2.Get(ctx, key)
+	c.l2Done("get", err)
 	switch {
 	case errors.Is(err, l2.ErrMiss):
 		c.stats.misses.Add(1)
 		return zero, ErrNotFound
 	case err != nil:
-		c.l2Failed("get", err)
 		return zero, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	if v, err, ok := c.hit(ctx, t, key, raw); ok {
@@ -84,9 +97,8 @@ func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte)
 		c.stats.corrupt.Add(1)
 		c.log.Log(slog.LevelError, "tiered: corrupt value in redis, deleting it", err,
 			slog.String("namespace", c.o.Namespace), slog.String("key", key))
-		if _, derr := c.l2.DeleteIfEqual(ctx, key, raw); derr != nil {
-			c.l2Failed("delete corrupt", derr)
-		}
+		_, derr := c.l2.DeleteIfEqual(ctx, key, raw)
+		c.l2Done("delete corrupt", derr)
 		var zero V
 		return zero, nil, false
 	}
@@ -101,29 +113,39 @@ func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte)
 }
 
 // load is the flight of GetOrLoad: L1 again, Redis, then the lease and the
-// loader.
+// loader. A key whose invalidation is pending in the outbox goes straight
+// to the loader and is cached nowhere; so does every key while Redis may
+// not be read (see l2Ready), except that L1 takes the value then.
 func (c *Cache[V]) load(ctx context.Context, key string, loader Loader[V]) (V, error) {
-	t := c.begin(key)
-	if e, ok := c.fromL1(key); ok { // see fetch
+	if e, ok := c.recheckL1(key); ok {
 		return e.result()
 	}
+	if c.bus.Pending(c.o.Namespace, key) {
+		return c.callLoader(ctx, key, loader)
+	}
+	ready := c.l2Ready(ctx) // may wait for the bus: the load begins after it
+	t, resets := c.begin(key), c.resets.Load()
+	if ready != nil {
+		return c.loadUnleased(ctx, t, key, loader)
+	}
 	raw, err := c.l2.Get(ctx, key)
+	c.l2Done("get", err)
 	switch {
 	case err == nil:
 		if v, err, ok := c.hit(ctx, t, key, raw); ok {
 			return v, err
 		}
 	case !errors.Is(err, l2.ErrMiss):
-		c.l2Failed("get", err)
 		return c.loadUnleased(ctx, t, key, loader)
 	}
 	c.stats.misses.Add(1)
-	return c.loadLeased(ctx, t, key, loader)
+	return c.loadLeased(ctx, t, resets, key, loader)
 }
 
 // loadLeased takes the key's lease and loads, or waits for the node that
-// holds it. See package l2 for the protocol.
-func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, key string, loader Loader[V]) (V, error) {
+// holds it. See package l2 for the protocol. resets is c.resets when the
+// flight began.
+func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, resets uint64, key string, loader Loader[V]) (V, error) {
 	woken := c.addWaiter(key)
 	defer c.removeWaiter(key, woken)
 	// A holder that neither fills nor releases lets its lease expire after
@@ -133,8 +155,8 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, key string, load
 	poll, waited, corrupt := c.pollMin, false, 0
 	for {
 		res, err := c.l2.GetOrLease(ctx, key, c.o.LeaseTTL)
+		c.l2Done("get-or-lease", err)
 		if err != nil {
-			c.l2Failed("get-or-lease", err)
 			return c.loadUnleased(ctx, t, key, loader)
 		}
 		switch res.State {
@@ -147,7 +169,7 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, key string, load
 			}
 			continue
 		case l2.Acquired:
-			return c.loadAndFill(ctx, t, key, loader, res.Lease)
+			return c.loadAndFill(ctx, t, resets, key, loader, res.Lease)
 		}
 		// Held by another node: wait for its wake message, or poll.
 		if !waited {
@@ -173,8 +195,11 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, key string, load
 }
 
 // loadAndFill calls the loader while holding lease and stores the result in
-// Redis (if the lease still holds) and in L1 (if the guard allows).
-func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, key string, loader Loader[V], lease l2.Lease) (V, error) {
+// Redis (if the lease still holds) and in L1 (if the guard allows). A load
+// during which the bus reset does not write Redis: the reset may stand for
+// a write this node never heard of, or for a server that came back with
+// the lease it had taken before a write deleted it.
+func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, resets uint64, key string, loader Loader[V], lease l2.Lease) (V, error) {
 	v, err := c.callLoader(ctx, key, loader)
 	// The bus does not deliver a node's own messages: wake the flights of
 	// this process that wait for this lease (a flight started after a write
@@ -185,12 +210,14 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, key string, loa
 	// leaves the other nodes' waiters to their polling.
 	wake, _ := c.announce(pubsub.Wake, key)
 	release := func() (V, error) {
-		if rerr := c.l2.Release(ctx, lease, wake); rerr != nil {
-			c.l2Failed("release", rerr)
-		}
+		c.l2Done("release", c.l2.Release(ctx, lease, wake))
 		return v, err
 	}
 	if (err != nil && !neg) || (neg && c.o.NegativeTTL < 0) {
+		return release()
+	}
+	if c.resets.Load() != resets || c.bus.Pending(c.o.Namespace, key) {
+		c.stats.staleDiscards.Add(1)
 		return release()
 	}
 	env, ttl, eerr := c.encode(v, neg)
@@ -200,9 +227,9 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, key string, loa
 		return release()
 	}
 	filled, ferr := c.l2.Fill(ctx, lease, env, ttl, wake)
+	c.l2Done("fill", ferr)
 	switch {
 	case ferr != nil:
-		c.l2Failed("fill", ferr)
 	case !filled:
 		// The lease is gone: a Set or Delete of key ran while we loaded (or
 		// the lease expired and another node took over). What we loaded may

@@ -45,7 +45,7 @@ func newNode[V any](t *testing.T, addr string, opts Options) (*Cache[V], *redis.
 	t.Cleanup(func() { c.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := c.Bus().WaitHealthy(ctx); err != nil {
+	if err := c.WaitReady(ctx); err != nil {
 		t.Fatalf("bus never became healthy: %v", err)
 	}
 	return c, rdb

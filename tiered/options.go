@@ -28,6 +28,16 @@ const (
 	// MaxKeyBytesLimit is the largest MaxKeyBytes accepted; longer keys would
 	// not fit an invalidation message.
 	MaxKeyBytesLimit = 64 << 10
+	// DefaultMaxStaleness is the staleness bound of L1: see
+	// Options.MaxStaleness.
+	DefaultMaxStaleness = pubsub.DefaultMaxStaleness
+	// DefaultWriteTimeout bounds how long Set and Delete wait for Redis.
+	DefaultWriteTimeout = time.Second
+	// DefaultBreakerFailures is how many consecutive Redis failures open
+	// the breaker.
+	DefaultBreakerFailures = 3
+	// DefaultBreakerCooldown is how often an open breaker probes Redis.
+	DefaultBreakerCooldown = 250 * time.Millisecond
 )
 
 // Options configures a [Cache]. Namespace and TTL are required; every other
@@ -72,12 +82,40 @@ type Options struct {
 	// Codec encodes values for Redis. Default l2.JSON.
 	Codec l2.Codec
 
-	// OpTimeout bounds every Redis call through its context. Default
+	// OpTimeout bounds every Redis call of a read through its context: a
+	// read fails fast and falls through to the loader. Default
 	// l2.DefaultOpTimeout (200ms). go-redis honours a context deadline on the
 	// socket only when the client has ContextTimeoutEnabled set; without it
 	// a call to a server that does not answer lasts the client's
 	// ReadTimeout (3s by default). New logs a warning for such a client.
 	OpTimeout time.Duration
+
+	// WriteTimeout bounds how long Set and Delete wait for Redis, beside
+	// their context: the Redis call is given the whole of it, so that it
+	// waits out a paused server, and a call that fails is retried by the
+	// outbox while the writer waits. A write that is not done by then
+	// returns an error wrapping ErrQueued, and the outbox goes on
+	// delivering its invalidation. Default DefaultWriteTimeout.
+	WriteTimeout time.Duration
+
+	// MaxStaleness is the staleness bound of L1: no read returns from L1 a
+	// value whose overwrite was acknowledged more than MaxStaleness before
+	// the read began. A node serves from L1 only while its bus can prove
+	// that it has applied every invalidation published up to MaxStaleness
+	// ago (see pubsub.Bus.Proven); otherwise it reads through. With a Bus
+	// of your own, leave it zero or equal to the bus's MaxStaleness.
+	// Default DefaultMaxStaleness (100ms).
+	MaxStaleness time.Duration
+
+	// BreakerFailures is how many consecutive Redis failures open the
+	// breaker, which then sends reads straight to the loader and writes to
+	// the outbox until a probe finds Redis back (see breaker.go). Default
+	// DefaultBreakerFailures; negative turns the breaker off.
+	BreakerFailures int
+
+	// BreakerCooldown is how often an open breaker probes Redis. Default
+	// DefaultBreakerCooldown.
+	BreakerCooldown time.Duration
 
 	// LoadTimeout bounds every loader call; the loader's context is
 	// cancelled after it. Default DefaultLoadTimeout.
@@ -128,6 +166,7 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	for name, d := range map[string]time.Duration{
 		"L1TTL": r.L1TTL, "OpTimeout": r.OpTimeout, "LoadTimeout": r.LoadTimeout, "LeaseTTL": r.LeaseTTL,
+		"WriteTimeout": r.WriteTimeout, "MaxStaleness": r.MaxStaleness, "BreakerCooldown": r.BreakerCooldown,
 	} {
 		if d < 0 {
 			return r, invalid("%s must not be negative, got %v", name, d)
@@ -168,6 +207,24 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if r.MaxValueBytes == 0 {
 		r.MaxValueBytes = DefaultMaxValueBytes
+	}
+	if r.WriteTimeout == 0 {
+		r.WriteTimeout = DefaultWriteTimeout
+	}
+	if r.Bus != nil {
+		if r.MaxStaleness != 0 && r.MaxStaleness != r.Bus.MaxStaleness() {
+			return r, invalid("MaxStaleness %v differs from the Bus's %v", r.MaxStaleness, r.Bus.MaxStaleness())
+		}
+		r.MaxStaleness = r.Bus.MaxStaleness()
+	}
+	if r.MaxStaleness == 0 {
+		r.MaxStaleness = DefaultMaxStaleness
+	}
+	if r.BreakerFailures == 0 {
+		r.BreakerFailures = DefaultBreakerFailures
+	}
+	if r.BreakerCooldown == 0 {
+		r.BreakerCooldown = DefaultBreakerCooldown
 	}
 	return r, nil
 }

@@ -45,7 +45,7 @@ func runChildNode(addr string) int {
 	}
 	defer c.Close()
 	ctx := context.Background()
-	if err := c.Bus().WaitHealthy(ctx); err != nil {
+	if err := c.WaitReady(ctx); err != nil {
 		fmt.Println("err", err)
 		return 1
 	}

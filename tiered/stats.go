@@ -20,10 +20,9 @@ type Stats struct {
 	Rejected      uint64 // rejected inputs: bad keys, values too large or not encodable
 	Invalidations uint64 // keys invalidated by messages from other nodes
 	Resets        uint64 // times L1 was dropped because the bus lost or regained its subscription
-	Queued        uint64 // keys whose invalidation went to the outbox (the write returned ErrQueued or waited for it)
-	Delivered     uint64 // outbox keys delivered for this cache's namespace
-	Dropped       uint64 // outbox keys dropped: past their TTL, or folded into a namespace purge
-	Purges        uint64 // times this cache's namespace was purged from Redis (outbox overflow, server restart)
+	Queued        uint64 // keys whose invalidation went to the outbox (the write returned ErrQueued or waited for it); Bus().Stats() counts the outbox's deliveries and drops
+	Delivered     uint64 // outbox keys of this cache that the outbox delivered
+	Purges        uint64 // times this cache purged its namespace from Redis (outbox overflow, a server that came back with old data)
 	L1Unproven    uint64 // reads that skipped L1 because the bus could not prove it fresh within MaxStaleness
 	BreakerOpens  uint64 // times the breaker opened after consecutive Redis failures
 	BreakerSkips  uint64 // Redis calls skipped because the breaker was open
@@ -38,7 +37,7 @@ type counters struct {
 	_      [56]byte
 	l2Hits, misses, negativeHits, loads, loadErrors, leaseWaits, staleDiscards,
 	l2Errors, corrupt, rejected, invalidations, resets,
-	queued, delivered, dropped, purges, l1Unproven, breakerOpens, breakerSkips atomic.Uint64
+	queued, delivered, purges, l1Unproven, breakerOpens, breakerSkips atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -48,7 +47,7 @@ func (c *counters) snapshot() Stats {
 		LeaseWaits: c.leaseWaits.Load(), StaleDiscards: c.staleDiscards.Load(),
 		L2Errors: c.l2Errors.Load(), Corrupt: c.corrupt.Load(), Rejected: c.rejected.Load(),
 		Invalidations: c.invalidations.Load(), Resets: c.resets.Load(),
-		Queued: c.queued.Load(), Delivered: c.delivered.Load(), Dropped: c.dropped.Load(),
+		Queued: c.queued.Load(), Delivered: c.delivered.Load(),
 		Purges: c.purges.Load(), L1Unproven: c.l1Unproven.Load(),
 		BreakerOpens: c.breakerOpens.Load(), BreakerSkips: c.breakerSkips.Load(),
 	}

@@ -1,0 +1,164 @@
+package l2
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// This file holds what the cache needs when Redis misbehaves rather than
+// when it serves: telling a transient failure from a command Redis will
+// never accept, purging a namespace, the marker that detects a server that
+// came back with old data, and the persistence check.
+
+// permanent reports whether err is an error reply that retrying cannot cure.
+// Replies that mean "not now" (LOADING, BUSY, TRYAGAIN, CLUSTERDOWN,
+// MASTERDOWN, READONLY during a failover, OOM, NOREPLICAS, max clients) are
+// transient, like network errors and timeouts; every other error reply
+// (a script error, WRONGTYPE, CROSSSLOT, NOPERM, NOSCRIPT in a pipeline) is
+// permanent.
+func permanent(err error) bool {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return false
+	}
+	for _, p := range []string{"LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN",
+		"READONLY", "OOM", "NOREPLICAS", "max number of clients"} {
+		if redis.HasErrorPrefix(err, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// Permanent reports whether err, returned by a Store method, is an error
+// reply that retrying the same command cannot cure ([ErrRejected]).
+func Permanent(err error) bool { return errors.Is(err, ErrRejected) }
+
+// runMarkerKey holds the run ID of the server on which the namespace was
+// last checked. It has no braces, so it cannot collide with a value key.
+func (s *Store) runMarkerKey() string { return s.ns + ":run_id" }
+
+// CheckRun compares the namespace's run marker with runID, the run ID of
+// the server the caller is connected to. When the marker holds another run
+// ID (the server restarted with its data, or failed over, since the
+// namespace was last checked), it purges the namespace, sets the marker to
+// runID, and reports purged = true. A server restarted from an RDB or AOF
+// file brings back values that writes acknowledged since the file was
+// written had removed, and the marker with them: the old run ID in it is
+// how such a restart shows. A missing marker (a new namespace, a server
+// that came back empty) is set without a purge.
+func (s *Store) CheckRun(ctx context.Context, runID string) (purged bool, err error) {
+	cctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	defer cancel()
+	got, err := s.rdb.Get(cctx, s.runMarkerKey()).Result()
+	if errors.Is(err, redis.Nil) {
+		// Set it, unless another node just did: then compare with that.
+		set, err := s.rdb.SetNX(cctx, s.runMarkerKey(), runID, 0).Result()
+		if err != nil {
+			return false, s.unavailable("SETNX run marker", err)
+		}
+		if set {
+			return false, nil
+		}
+		got, err = s.rdb.Get(cctx, s.runMarkerKey()).Result()
+	}
+	if err != nil {
+		return false, s.unavailable("GET run marker", err)
+	}
+	if got == runID {
+		return false, nil
+	}
+	if err := s.Purge(ctx, Announce{}); err != nil {
+		return false, err
+	}
+	cctx, cancel = context.WithTimeout(ctx, s.opTimeout)
+	defer cancel()
+	if err := s.rdb.Set(cctx, s.runMarkerKey(), runID, 0).Err(); err != nil {
+		return true, s.unavailable("SET run marker", err)
+	}
+	return true, nil
+}
+
+// Purge deletes every key of the namespace (values, leases, the run marker)
+// with SCAN and UNLINK, on every master of a Cluster, then publishes ann.
+// It is bounded by ctx; each SCAN and UNLINK by OpTimeout. Keys written
+// while it runs may survive it.
+func (s *Store) Purge(ctx context.Context, ann Announce) error {
+	pattern := globEscape(s.ns) + ":*"
+	scan := func(ctx context.Context, c redis.Cmdable) error {
+		var cursor uint64
+		for {
+			cctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+			keys, next, err := c.Scan(cctx, cursor, pattern, 1000).Result()
+			if err == nil && len(keys) > 0 {
+				err = c.Unlink(cctx, keys...).Err()
+			}
+			cancel()
+			if err != nil {
+				return s.unavailable("purge", err)
+			}
+			if cursor = next; cursor == 0 {
+				return nil
+			}
+		}
+	}
+	var err error
+	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
+	} else {
+		err = scan(ctx, s.rdb)
+	}
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	defer cancel()
+	for _, m := range ann.Messages {
+		if err := s.rdb.Publish(cctx, ann.Channel, m).Err(); err != nil {
+			return s.unavailable("PUBLISH", err)
+		}
+	}
+	return nil
+}
+
+// globEscape escapes the SCAN MATCH metacharacters of s.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// Persistence describes the server's persistence settings when RDB
+// snapshots or the AOF are on ("save 3600 1 ...", "appendonly yes"), and
+// returns "" when both are off or CONFIG is not available to this client.
+func (s *Store) Persistence(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	defer cancel()
+	var on []string
+	if m, err := s.rdb.ConfigGet(ctx, "save").Result(); err == nil && strings.TrimSpace(m["save"]) != "" {
+		on = append(on, fmt.Sprintf("save %q", m["save"]))
+	}
+	if m, err := s.rdb.ConfigGet(ctx, "appendonly").Result(); err == nil && m["appendonly"] == "yes" {
+		on = append(on, "appendonly yes")
+	}
+	return strings.Join(on, ", ")
+}
+
+// Ping checks that Redis answers, within OpTimeout.
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	defer cancel()
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return s.unavailable("PING", err)
+	}
+	return nil
+}

@@ -1,0 +1,370 @@
+package pubsub
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tieredcache/tiered/internal/mono"
+)
+
+// The outbox holds invalidations that a write could not deliver: keys that
+// were written (or may have been: a failed call may have reached Redis with
+// only its reply lost) and whose other copies, in Redis and in other nodes'
+// L1, are therefore suspect. One goroutine delivers them, through the
+// Deliverer of their namespace (Deliverer.Deliver: delete from Redis and
+// announce), with backoff, as soon as Redis answers.
+//
+// Rules:
+//   - One entry per key: a key queued again while pending is one delivery.
+//     Entries are invalidations, never values: delivering an old value late
+//     could overwrite a newer write, while deleting late costs a miss.
+//   - An entry expires at the deadline its writer gave, the latest moment a
+//     copy of the key written before the write can still exist (its TTL has
+//     passed everywhere); it is then dropped, undelivered and harmless.
+//   - The outbox holds at most size keys. A key that does not fit folds its
+//     whole namespace into one purge: the namespace's entries are dropped and
+//     the namespace is purged from Redis (Deliverer.Purge: SCAN and UNLINK,
+//     then a Flush message that makes every node drop the namespace's L1).
+//   - A delivery attempt has deliverTimeout, longer than a read's
+//     OpTimeout, so that while Redis is paused an attempt is waiting in its
+//     queue and lands the moment it resumes.
+//   - While a key (or its namespace's purge) is pending, Pending reports it:
+//     the cache then serves it from neither L1 nor Redis.
+//   - Close keeps delivering for up to Options.CloseTimeout; what is left
+//     is dropped and counted.
+const (
+	deliverTimeout = time.Second
+	deliverBatch   = 512
+	backoffMin     = 10 * time.Millisecond
+	backoffMax     = time.Second
+)
+
+type nsKey struct{ ns, key string }
+
+type outboxEntry struct {
+	until int64  // mono time after which the entry may be dropped
+	seq   uint64 // bumped when the key is queued again, so a delivery that began before is not taken for this one
+}
+
+type outbox struct {
+	b    *Bus
+	size int
+
+	n atomic.Int64 // len(keys) + len(purge): the read path's fast test
+
+	mu      sync.Mutex // guards the fields below
+	keys    map[nsKey]outboxEntry
+	purge   map[string]bool // namespaces folded into a purge
+	seq     uint64
+	changed chan struct{} // closed and replaced whenever entries leave
+	closing bool
+	until   time.Time // with closing: when to give up
+
+	kick    chan struct{} // capacity 1: something was queued
+	closeCh chan struct{} // closed by close
+	done    chan struct{} // closed when run returns
+
+	queued, delivered, dropped, purges atomic.Uint64
+}
+
+func newOutbox(b *Bus, size int) *outbox {
+	return &outbox{
+		b: b, size: size,
+		keys:    make(map[nsKey]outboxEntry),
+		purge:   make(map[string]bool),
+		changed: make(chan struct{}),
+		kick:    make(chan struct{}, 1),
+		closeCh: make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+}
+
+// Queue puts the invalidation of keys of namespace in the outbox. until
+// is the time after which no copy of the keys written before now can
+// exist anywhere; the entry is then dropped.
+func (b *Bus) Queue(namespace string, keys []string, until time.Time) {
+	o := b.outbox
+	u := mono.Now() + int64(time.Until(until))
+	o.mu.Lock()
+	for _, k := range keys {
+		o.queued.Add(1)
+		if o.purge[namespace] {
+			continue // the purge covers it
+		}
+		nk := nsKey{namespace, k}
+		e, ok := o.keys[nk]
+		if !ok && len(o.keys) >= o.size {
+			o.foldLocked(namespace)
+			continue
+		}
+		o.seq++
+		o.keys[nk] = outboxEntry{until: max(e.until, u), seq: o.seq}
+	}
+	o.n.Store(int64(len(o.keys) + len(o.purge)))
+	o.mu.Unlock()
+	o.b.log.Log(slog.LevelWarn, "pubsub: invalidation queued in the outbox", nil,
+		slog.String("namespace", namespace), slog.Int("keys", len(keys)))
+	o.wake()
+}
+
+// foldLocked replaces namespace's entries with one purge.
+func (o *outbox) foldLocked(namespace string) {
+	o.purge[namespace] = true
+	for nk := range o.keys {
+		if nk.ns == namespace {
+			delete(o.keys, nk)
+			o.dropped.Add(1)
+		}
+	}
+	o.b.log.Log(slog.LevelError, "pubsub: outbox full, the namespace will be purged from redis", nil,
+		slog.String("namespace", namespace), slog.Int("size", o.size))
+}
+
+func (o *outbox) wake() {
+	select {
+	case o.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Pending reports whether the invalidation of key in namespace is in the
+// outbox (or its namespace's purge is). It is one atomic load while the
+// outbox is empty.
+func (b *Bus) Pending(namespace, key string) bool {
+	o := b.outbox
+	if o.n.Load() == 0 {
+		return false
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.pendingLocked(namespace, key)
+}
+
+func (o *outbox) pendingLocked(namespace, key string) bool {
+	if o.purge[namespace] {
+		return true
+	}
+	_, ok := o.keys[nsKey{namespace, key}]
+	return ok
+}
+
+// WaitDelivered blocks until none of keys of namespace is pending (nil), or
+// ctx ends (its error).
+func (b *Bus) WaitDelivered(ctx context.Context, namespace string, keys []string) error {
+	o := b.outbox
+	for {
+		o.mu.Lock()
+		pending := false
+		for _, k := range keys {
+			if o.pendingLocked(namespace, k) {
+				pending = true
+				break
+			}
+		}
+		ch := o.changed
+		o.mu.Unlock()
+		if !pending {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Flush waits until nothing of namespace is pending, ctx ends, or the bus
+// is closed. A cache calls it from Close, before it unregisters.
+func (b *Bus) Flush(ctx context.Context, namespace string) error {
+	o := b.outbox
+	for {
+		o.mu.Lock()
+		pending := o.purge[namespace]
+		for nk := range o.keys {
+			if pending {
+				break
+			}
+			pending = nk.ns == namespace
+		}
+		ch := o.changed
+		o.mu.Unlock()
+		if !pending {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-o.done:
+			return ErrClosed
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (o *outbox) stats(s *Stats) {
+	s.Queued, s.Delivered, s.Dropped, s.Purges = o.queued.Load(), o.delivered.Load(), o.dropped.Load(), o.purges.Load()
+	s.Pending = int(o.n.Load())
+}
+
+// close makes run deliver for up to timeout more, then return, and waits.
+func (o *outbox) close(timeout time.Duration) {
+	o.mu.Lock()
+	o.closing, o.until = true, time.Now().Add(max(timeout, 0))
+	o.mu.Unlock()
+	close(o.closeCh)
+	<-o.done
+}
+
+// batch is one delivery: a namespace to purge, or keys of one namespace.
+type batch struct {
+	ns    string
+	purge bool
+	keys  []string
+	seqs  []uint64
+}
+
+// next drops expired entries and picks the next batch; ok is false when the
+// outbox is empty.
+func (o *outbox) next() (b batch, ok bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	now, expired := mono.Now(), false
+	for nk, e := range o.keys {
+		if now > e.until {
+			delete(o.keys, nk)
+			o.dropped.Add(1)
+			expired = true
+		}
+	}
+	if expired {
+		o.changedLocked()
+	}
+	for ns := range o.purge {
+		return batch{ns: ns, purge: true}, true
+	}
+	for nk, e := range o.keys {
+		if b.keys == nil {
+			b.ns = nk.ns
+		} else if nk.ns != b.ns {
+			continue
+		}
+		b.keys, b.seqs = append(b.keys, nk.key), append(b.seqs, e.seq)
+		if len(b.keys) == deliverBatch {
+			break
+		}
+	}
+	return b, b.keys != nil
+}
+
+// changedLocked publishes a change of the entries to waiters.
+func (o *outbox) changedLocked() {
+	o.n.Store(int64(len(o.keys) + len(o.purge)))
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
+// delivered removes the entries of b, except those queued again since.
+func (o *outbox) deliveredLocked(b batch) {
+	if b.purge {
+		delete(o.purge, b.ns)
+		o.purges.Add(1)
+	}
+	for i, k := range b.keys {
+		nk := nsKey{b.ns, k}
+		if e, ok := o.keys[nk]; ok && e.seq == b.seqs[i] {
+			delete(o.keys, nk)
+			o.delivered.Add(1)
+		}
+	}
+	o.changedLocked()
+}
+
+// dropLocked removes everything of namespace b.ns: it has no handler left.
+func (o *outbox) dropLocked(b batch) {
+	if o.purge[b.ns] {
+		delete(o.purge, b.ns)
+		o.dropped.Add(1)
+	}
+	for nk := range o.keys {
+		if nk.ns == b.ns {
+			delete(o.keys, nk)
+			o.dropped.Add(1)
+		}
+	}
+	o.changedLocked()
+}
+
+// run delivers the outbox until close; see the rules above.
+func (o *outbox) run() {
+	defer close(o.done)
+	wait := backoffMin
+	for {
+		b, ok := o.next()
+		o.mu.Lock()
+		closing, until := o.closing, o.until
+		o.mu.Unlock()
+		if closing && (!ok || time.Now().After(until)) {
+			o.mu.Lock()
+			n := len(o.keys) + len(o.purge)
+			clear(o.keys)
+			clear(o.purge)
+			o.dropped.Add(uint64(n))
+			o.changedLocked()
+			o.mu.Unlock()
+			if n > 0 {
+				o.b.log.Log(slog.LevelError, "pubsub: closed with undelivered invalidations", nil, slog.Int("keys", n))
+			}
+			return
+		}
+		if !ok {
+			select {
+			case <-o.kick:
+			case <-o.closeCh:
+			}
+			continue
+		}
+		h := o.b.deliverer(b.ns)
+		if h == nil {
+			o.mu.Lock()
+			o.dropLocked(b)
+			o.mu.Unlock()
+			continue
+		}
+		timeout := deliverTimeout
+		if closing {
+			timeout = min(timeout, time.Until(until))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		var err error
+		if b.purge {
+			err = h.Purge(ctx)
+		} else {
+			err = h.Deliver(ctx, b.keys)
+		}
+		cancel()
+		if err == nil {
+			o.mu.Lock()
+			o.deliveredLocked(b)
+			o.mu.Unlock()
+			wait = backoffMin
+			continue
+		}
+		o.b.log.Log(slog.LevelWarn, "pubsub: outbox delivery failed, retrying", err,
+			slog.String("namespace", b.ns), slog.Int("keys", len(b.keys)), slog.Bool("purge", b.purge))
+		closeCh := o.closeCh // cut a backoff short once, when Close begins
+		if closing {
+			closeCh = nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-closeCh:
+			t.Stop()
+		}
+		wait = min(2*wait, backoffMax)
+	}
+}

@@ -1,0 +1,49 @@
+package tiered
+
+import (
+	"sync/atomic"
+
+	"github.com/tieredcache/tiered/internal/mono"
+)
+
+// The breaker makes a Redis that is known to be down cost nothing per read.
+// After Options.BreakerFailures consecutive Redis failures (network errors,
+// timeouts, "not now" replies such as LOADING; a miss or a rejected command
+// is not a failure) it opens: reads skip Redis and go to the loader, writes
+// go to the outbox. While it is open the cache's maintenance goroutine
+// probes Redis with a PING every Options.BreakerCooldown; the first answer
+// closes it. Any Redis call that succeeds meanwhile (the outbox delivering,
+// a probe) closes it too.
+//
+// A breaker is safe for concurrent use. Its state is two atomics; a closed
+// breaker costs a read one atomic load.
+type breaker struct {
+	threshold int64
+	fails     atomic.Int64 // consecutive failures
+	open      atomic.Bool
+	openedAt  atomic.Int64 // mono time of the last opening
+}
+
+// allow reports whether a Redis call may be made now.
+func (b *breaker) allow() bool { return !b.open.Load() }
+
+// success records a call that Redis answered and closes the breaker; it
+// reports whether the breaker was open.
+func (b *breaker) success() bool {
+	if b.fails.Load() != 0 {
+		b.fails.Store(0)
+	}
+	return b.open.Load() && b.open.CompareAndSwap(true, false)
+}
+
+// failure records a failed call and reports whether it opened the breaker.
+func (b *breaker) failure() bool {
+	if b.fails.Add(1) < b.threshold || b.open.Load() {
+		return false
+	}
+	if b.open.CompareAndSwap(false, true) {
+		b.openedAt.Store(mono.Now())
+		return true
+	}
+	return false
+}
