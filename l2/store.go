@@ -100,12 +100,6 @@ func nsOf(o *Options) string {
 	return o.Namespace
 }
 
-// Key returns the Redis key of k's value.
-func (s *Store) Key(k string) string { return s.ns + ":{" + k + "}" }
-
-func (s *Store) leaseKey(k string) string   { return s.Key(k) + ":lease" }
-func (s *Store) waitersKey(k string) string { return s.Key(k) + ":waiters" }
-
 func (s *Store) unavailable(op string, err error) error {
 	return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, err)
 }
