@@ -4,7 +4,9 @@
 //
 // [Store] works over any redis.UniversalClient (single node, Sentinel
 // failover, Cluster). Keys are laid out as <namespace>:{<key>}, so a value and
-// its lease share a Cluster hash slot. Every call is bounded by
+// its lease share a Cluster hash slot; a key that is empty or starts with '}'
+// or '~' is stored as ~<key> between the braces, so that its hash tag is never
+// empty (keys.go explains the layout). Every call is bounded by
 // [Options.OpTimeout]. Errors are classified: [ErrMiss] for a missing value,
 // [ErrUnavailable] for a Redis failure, [ErrCorrupt] for bytes that do not
 // decode.

@@ -104,12 +104,6 @@ func nsOf(o *Options) string {
 	return o.Namespace
 }
 
-// Key returns the Redis key of k's value.
-func (s *Store) Key(k string) string { return s.ns + ":{" + k + "}" }
-
-func (s *Store) leaseKey(k string) string   { return s.Key(k) + ":lease" }
-func (s *Store) waitersKey(k string) string { return s.Key(k) + ":waiters" }
-
 func (s *Store) unavailable(op string, err error) error {
 	if permanent(err) {
 		return fmt.Errorf("%w: %w: %s: %w", ErrUnavailable, ErrRejected, op, err)

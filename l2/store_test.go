@@ -76,7 +76,7 @@ func TestKeyLayout(t *testing.T) {
 		value, lease, waiters string
 	}{
 		{"ns", "k", "ns:{k}", "ns:{k}:lease", "ns:{k}:waiters"},
-		{"ns", "", "ns:{}", "ns:{}:lease", "ns:{}:waiters"},
+		{"ns", "", "ns:{~}", "ns:{~}:lease", "ns:{~}:waiters"}, // escaped: see keys.go
 		{"app:v2", "user:42", "app:v2:{user:42}", "app:v2:{user:42}:lease", "app:v2:{user:42}:waiters"},
 		{"ns", "ключ", "ns:{ключ}", "ns:{ключ}:lease", "ns:{ключ}:waiters"},
 	} {

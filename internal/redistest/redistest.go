@@ -2,8 +2,9 @@
 //
 // Each [Start] launches a new redis-server on a free loopback port with
 // persistence off, waits until it answers PING, and registers a cleanup that
-// stops it. Tests never reach a server they did not start and never use a
-// fixed port.
+// stops it. [StartCluster] starts several in cluster mode and forms a Redis
+// Cluster of them. Tests never reach a server they did not start and never
+// use a fixed port.
 //
 // When redis-server is not on PATH the test is skipped, unless the
 // environment variable REQUIRE_REDIS=1 is set, in which case it fails: CI sets
@@ -126,19 +127,22 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func start(dir string) (*Server, error) {
+// start starts a redis-server in dir on a free port, with extra appended
+// to its command line.
+func start(dir string, extra ...string) (*Server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command("redis-server",
+	args := append([]string{
 		"--port", strconv.Itoa(port),
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
 		"--dir", dir,
 		"--protected-mode", "yes",
-	)
+	}, extra...)
+	cmd := exec.Command("redis-server", args...)
 	cmd.SysProcAttr = DieWithParent()
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -1,0 +1,198 @@
+package l2
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/redistest"
+)
+
+// clusterKeys are user keys whose unescaped layout would split their value
+// and lease keys across slots ("}x", "}"), or that test the escape ("~}x")
+// or a brace inside the key ("a}b").
+var clusterKeys = []string{"}x", "~}x", "a}b", "}"}
+
+// TestCluster runs the Store on a real three-master Redis Cluster, which,
+// unlike miniredis behind a Cluster client, rejects a script whose keys
+// span slots with CROSSSLOT. One cluster serves every subtest.
+func TestCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	rdb := cl.Client(t)
+
+	// The slot function of the key tests agrees with the server.
+	t.Run("SlotFunction", func(t *testing.T) {
+		ctx := context.Background()
+		s := &Store{ns: "cl"}
+		for _, k := range slices.Concat(clusterKeys, trickyKeys) {
+			for _, rk := range []string{s.Key(k), s.leaseKey(k), s.waitersKey(k), "cl:{" + k + "}:lease"} {
+				want, err := rdb.ClusterKeySlot(ctx, rk).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := slot(rk); got != int(want) {
+					t.Errorf("slot(%q) = %d, CLUSTER KEYSLOT = %d", rk, got, want)
+				}
+			}
+		}
+	})
+
+	// The cluster does reject what the old layout sent: the value and lease
+	// keys of "}x" as ns:{}x} and ns:{}x}:lease. Without this, the tests
+	// below could pass on a cluster that does not check slots.
+	t.Run("OldLayoutIsCrossSlot", func(t *testing.T) {
+		ctx := context.Background()
+		err := setScript.Run(ctx, rdb, []string{"cl:{}x}", "cl:{}x}:lease"}, "v", 60000, "ch").Err()
+		if err == nil || !strings.Contains(err.Error(), "CROSSSLOT") {
+			t.Fatalf("set script over cl:{}x} and cl:{}x}:lease: %v, want CROSSSLOT", err)
+		}
+	})
+
+	t.Run("Keys", func(t *testing.T) {
+		s, err := New(rdb, &Options{Namespace: "cl", OpTimeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range clusterKeys {
+			t.Run(k, func(t *testing.T) {
+				t.Parallel()
+				clusterKeyLifecycle(t, s, rdb, k)
+			})
+		}
+	})
+
+	t.Run("MultiKeyDelete", func(t *testing.T) {
+		clusterMultiKeyDelete(t, rdb)
+	})
+}
+
+// clusterKeyLifecycle walks k through every Store operation on the cluster.
+func clusterKeyLifecycle(t *testing.T, s *Store, rdb *redis.ClusterClient, k string) {
+	ctx := context.Background()
+	ann := Announce{Channel: "cl:bus", Messages: [][]byte{[]byte("m1"), []byte("m2")}}
+	const ttl = time.Minute
+
+	// A cold key: the lease is taken, a second caller waits, the holder fills.
+	r, err := s.GetOrLease(ctx, k, ttl)
+	if err != nil || r.State != Acquired {
+		t.Fatalf("GetOrLease = %+v, %v; want Acquired", r, err)
+	}
+	if w, err := s.GetOrLease(ctx, k, ttl); err != nil || w.State != Held {
+		t.Fatalf("second GetOrLease = %+v, %v; want Held", w, err)
+	}
+	if ok, err := s.Fill(ctx, r.Lease, []byte("filled"), ttl, ann); err != nil || !ok {
+		t.Fatalf("Fill = %v, %v; want true", ok, err)
+	}
+	if f, err := s.GetOrLease(ctx, k, ttl); err != nil || f.State != Found || string(f.Value) != "filled" {
+		t.Fatalf("GetOrLease after Fill = %+v, %v; want Found filled", f, err)
+	}
+	// The value is where the layout says, under the escaped name.
+	if v, err := rdb.Get(ctx, s.Key(k)).Result(); err != nil || v != "filled" {
+		t.Fatalf("GET %s = %q, %v; want filled", s.Key(k), v, err)
+	}
+
+	if err := s.Set(ctx, k, []byte("set"), ttl, ann); err != nil {
+		t.Fatalf("Set: %v", err)
+	}
+	if v, err := s.Get(ctx, k); err != nil || string(v) != "set" {
+		t.Fatalf("Get after Set = %q, %v; want set", v, err)
+	}
+	if ok, err := s.DeleteIfEqual(ctx, k, []byte("set")); err != nil || !ok {
+		t.Fatalf("DeleteIfEqual = %v, %v; want true", ok, err)
+	}
+	if _, err := s.Get(ctx, k); !errors.Is(err, ErrMiss) {
+		t.Fatalf("Get after DeleteIfEqual: %v, want ErrMiss", err)
+	}
+
+	// A released lease is free again.
+	r, err = s.GetOrLease(ctx, k, ttl)
+	if err != nil || r.State != Acquired {
+		t.Fatalf("GetOrLease after delete = %+v, %v; want Acquired", r, err)
+	}
+	if w, err := s.GetOrLease(ctx, k, ttl); err != nil || w.State != Held {
+		t.Fatalf("GetOrLease of a held lease = %+v, %v; want Held", w, err)
+	}
+	if err := s.Release(ctx, r.Lease, ann); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	r, err = s.GetOrLease(ctx, k, ttl)
+	if err != nil || r.State != Acquired {
+		t.Fatalf("GetOrLease after Release = %+v, %v; want Acquired", r, err)
+	}
+
+	// Delete removes the lease: the holder's Fill is discarded.
+	if err := s.Delete(ctx, []string{k}, ann); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	if ok, err := s.Fill(ctx, r.Lease, []byte("stale"), ttl, ann); err != nil || ok {
+		t.Fatalf("Fill after Delete = %v, %v; want false (lease deleted)", ok, err)
+	}
+	// And the value.
+	if err := s.Set(ctx, k, []byte("set"), ttl, ann); err != nil {
+		t.Fatalf("Set: %v", err)
+	}
+	if err := s.Delete(ctx, []string{k}, ann); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	if _, err := s.Get(ctx, k); !errors.Is(err, ErrMiss) {
+		t.Fatalf("Get after Delete: %v, want ErrMiss", err)
+	}
+}
+
+// clusterMultiKeyDelete: a Delete of keys in several slots (a pipeline of
+// one script per key on a Cluster client) deletes every value and lease,
+// then publishes its announcement once.
+func clusterMultiKeyDelete(t *testing.T, rdb *redis.ClusterClient) {
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	s, err := New(rdb, &Options{Namespace: "multi", OpTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := slices.Concat([]string{"plain", "user:42", "", "~", "{x}"}, clusterKeys)
+	slots := make(map[int]bool)
+	for _, k := range keys {
+		if err := s.Set(ctx, k, []byte("v"), time.Minute, Announce{}); err != nil {
+			t.Fatalf("Set(%q): %v", k, err)
+		}
+		if _, err := s.GetOrLease(ctx, k+"/leased", time.Minute); err != nil {
+			t.Fatalf("GetOrLease(%q): %v", k+"/leased", err)
+		}
+		slots[slot(s.Key(k))] = true
+	}
+	if len(slots) < 2 {
+		t.Fatalf("the keys fall in %d slot(s); the test needs several", len(slots))
+	}
+
+	ps := rdb.Subscribe(ctx, "multi:bus")
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatalf("subscribe: %v", err)
+	}
+
+	all := append([]string(nil), keys...)
+	for _, k := range keys {
+		all = append(all, k+"/leased")
+	}
+	ann := Announce{Channel: "multi:bus", Messages: [][]byte{[]byte("deleted")}}
+	if err := s.Delete(ctx, all, ann); err != nil {
+		t.Fatalf("Delete of %q: %v", all, err)
+	}
+	for _, k := range all {
+		for _, rk := range []string{s.Key(k), s.leaseKey(k)} {
+			// One key per EXISTS: a Cluster client rejects keys of several slots.
+			if n, err := rdb.Exists(ctx, rk).Result(); err != nil || n != 0 {
+				t.Errorf("EXISTS %s after Delete = %d, %v; want 0", rk, n, err)
+			}
+		}
+	}
+	msg, err := ps.ReceiveMessage(ctx)
+	if err != nil || msg.Payload != "deleted" {
+		t.Fatalf("announcement = %+v, %v; want deleted", msg, err)
+	}
+}
