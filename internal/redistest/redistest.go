@@ -32,9 +32,54 @@ type Server struct {
 	Addr     string
 	cmd      *exec.Cmd
 	dir      string
+	extra    []string // arguments after the defaults; Restart passes them again
 	waitExit chan error
 	stopped  bool
 	ownsDir  bool // Stop removes dir
+}
+
+// Kill sends the server SIGKILL and waits for it to exit, leaving its
+// directory (and any RDB file in it) for Restart. Not safe for concurrent
+// use with Stop or Restart.
+func (s *Server) Kill() {
+	_ = s.cmd.Process.Kill()
+	<-s.waitExit
+}
+
+// Restart starts a new server on the same port, directory and arguments,
+// after Kill: a server restarted from whatever it persisted there. The
+// port may have been taken meanwhile, in which case it fails.
+func (s *Server) Restart() error {
+	_, port, err := net.SplitHostPort(s.Addr)
+	if err != nil {
+		return err
+	}
+	n, err := startOn(s.dir, port, s.extra...)
+	if err != nil {
+		return err
+	}
+	s.cmd, s.waitExit = n.cmd, n.waitExit
+	return nil
+}
+
+// StartPersistent is Start for a server that loads the RDB file in its
+// directory at start-up: SAVE writes one, and Kill then Restart brings
+// back what it holds.
+func StartPersistent(tb testing.TB) *Server {
+	tb.Helper()
+	Require(tb)
+	var s *Server
+	var err error
+	for range 5 {
+		if s, err = start(tb.TempDir(), "--dbfilename", "dump.rdb"); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		tb.Fatalf("redistest: cannot start redis-server: %v", err)
+	}
+	tb.Cleanup(s.Stop)
+	return s
 }
 
 // Stop kills the server and waits for it to exit. It is idempotent.
@@ -134,8 +179,12 @@ func start(dir string, extra ...string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	return startOn(dir, strconv.Itoa(port), extra...)
+}
+
+func startOn(dir, port string, extra ...string) (*Server, error) {
 	args := append([]string{
-		"--port", strconv.Itoa(port),
+		"--port", port,
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
@@ -152,7 +201,7 @@ func start(dir string, extra ...string) (*Server, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, dir: dir}
+	s := &Server{Addr: net.JoinHostPort("127.0.0.1", port), cmd: cmd, dir: dir, extra: extra}
 	// Keep the pipe drained; remember the log tail for error reports.
 	logTail := make(chan string, 1)
 	go func() {

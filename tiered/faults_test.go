@@ -1,0 +1,555 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/faultproxy"
+	"github.com/tieredcache/tiered/internal/redistest"
+	"github.com/tieredcache/tiered/l2"
+	"github.com/tieredcache/tiered/pubsub"
+)
+
+// Fault tests: independent nodes on a real redis-server started by the
+// test, and real faults: CLIENT PAUSE, added latency and a silent or cut
+// connection through a loopback proxy (internal/faultproxy), SIGKILL and
+// a restart from an RDB file. The source of truth is memDB, outside Redis,
+// so that the loaders keep working while Redis does not.
+
+// errorBound is how soon after a write that returned an error (its
+// invalidation queued in the outbox) reads must see it in these tests: the
+// outbox delivers as soon as Redis answers, and every fault here lasts at
+// most a second.
+const errorBound = time.Second
+
+// memDB is a source of truth outside Redis: a version per key.
+type memDB struct {
+	mu    sync.Mutex
+	v     map[string]int
+	calls atomic.Int64
+	// gate, if set, runs at the start of every Load, after the version
+	// was read: a test blocks a load in it.
+	gate func(key string)
+}
+
+func newMemDB() *memDB { return &memDB{v: make(map[string]int)} }
+
+func (d *memDB) Load(ctx context.Context, key string) (Product, error) {
+	d.calls.Add(1)
+	d.mu.Lock()
+	v, gate := d.v[key], d.gate
+	d.mu.Unlock()
+	if gate != nil {
+		gate(key)
+	}
+	return Product{Name: key, Version: v}, nil
+}
+
+func (d *memDB) bump(key string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.v[key]++
+	return d.v[key]
+}
+
+func (d *memDB) version(key string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.v[key]
+}
+
+// staleLog records writes and judges reads against them.
+type staleLog struct {
+	maxStale time.Duration
+	mu       sync.Mutex
+	writes   map[string][]writeRec // by key, in version order
+	reads    atomic.Int64
+	stale    []string // descriptions of reads past a bound
+}
+
+type writeRec struct {
+	version  int
+	returned time.Time
+	err      error
+}
+
+func newStaleLog(maxStale time.Duration) *staleLog {
+	return &staleLog{maxStale: maxStale, writes: make(map[string][]writeRec)}
+}
+
+func (l *staleLog) wrote(key string, version int, returned time.Time, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.writes[key] = append(l.writes[key], writeRec{version, returned, err})
+}
+
+// read judges a read of key that started at start and returned got: it
+// must not be older than a write that returned nil more than maxStale
+// before, or one that returned an error more than errorBound before.
+func (l *staleLog) read(node, key string, start time.Time, got int) {
+	l.reads.Add(1)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, w := range l.writes[key] {
+		if w.version <= got {
+			continue
+		}
+		late := start.Sub(w.returned)
+		if (w.err == nil && late > l.maxStale) || (w.err != nil && late > errorBound) {
+			l.stale = append(l.stale, fmt.Sprintf("%s read %s at version %d, %v after the write of version %d returned (err %v)",
+				node, key, got, late.Round(time.Millisecond), w.version, w.err))
+			return
+		}
+	}
+}
+
+func (l *staleLog) check(t *testing.T) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.stale) > 0 {
+		t.Errorf("%d of %d reads were stale past their bound; the first ones:", len(l.stale), l.reads.Load())
+		for _, s := range l.stale[:min(len(l.stale), 10)] {
+			t.Error("  ", s)
+		}
+	}
+}
+
+// faultNode is one node: its cache over a data client, with a bus over a
+// client of its own, so that a test can put either behind a proxy.
+type faultNode struct {
+	name string
+	c    *Cache[Product]
+	db   *memDB
+}
+
+// faultClient is a client as docs/operations.md tells users to configure
+// one: context deadlines honoured on the socket, no retries.
+func faultClient(t *testing.T, addr string) *redis.Client {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond,
+		ReadTimeout: time.Second, ContextTimeoutEnabled: true, PoolSize: 16})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+func newFaultNode(t *testing.T, name, dataAddr, busAddr string, db *memDB, opts Options) *faultNode {
+	t.Helper()
+	bus, err := pubsub.New(faultClient(t, busAddr), &pubsub.Options{HealthInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bus.Close() })
+	opts.Namespace, opts.Bus = "faults", bus
+	if opts.TTL == 0 {
+		opts.TTL = time.Minute
+	}
+	c, err := New[Product](faultClient(t, dataAddr), &opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatalf("%s never became ready: %v", name, err)
+	}
+	return &faultNode{name: name, c: c, db: db}
+}
+
+// read reads key through n and judges it.
+func (n *faultNode) read(t *testing.T, log *staleLog, key string) {
+	start := time.Now()
+	p, err := n.c.GetOrLoad(context.Background(), key, n.db)
+	if err != nil {
+		t.Errorf("%s: GetOrLoad(%s) = %v", n.name, key, err)
+		return
+	}
+	log.read(n.name, key, start, p.Version)
+}
+
+// write bumps key in the database, then deletes it through n.
+func (n *faultNode) write(log *staleLog, key string) error {
+	v := n.db.bump(key)
+	err := n.c.Delete(context.Background(), key)
+	log.wrote(key, v, time.Now(), err)
+	return err
+}
+
+// workload runs readers on every node (a read of a random key every
+// 500µs) and a writer on writer (a write every 20ms) until stop is closed;
+// it returns the writes that returned an error.
+func workload(t *testing.T, log *staleLog, keys []string, writer *faultNode, readers []*faultNode, stop <-chan struct{}) (failed *atomic.Int64, wait func()) {
+	var wg sync.WaitGroup
+	failed = new(atomic.Int64)
+	for _, n := range readers {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(500 * time.Microsecond):
+				}
+				n.read(t, log, keys[i%len(keys)])
+			}
+		})
+	}
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if err := writer.write(log, keys[i%len(keys)]); err != nil {
+				if !errors.Is(err, ErrQueued) {
+					t.Errorf("Delete = %v, want nil or ErrQueued", err)
+				}
+				failed.Add(1)
+			}
+		}
+	})
+	return failed, wg.Wait
+}
+
+// warm reads every key on every node until each serves it from L1.
+func warm(t *testing.T, keys []string, nodes ...*faultNode) {
+	t.Helper()
+	for _, n := range nodes {
+		for _, k := range keys {
+			waitFor(t, 5*time.Second, n.name+" to serve "+k+" from L1", func() bool {
+				before := n.c.Stats().L1Hits
+				if _, err := n.c.GetOrLoad(context.Background(), k, n.db); err != nil {
+					t.Fatal(err)
+				}
+				return n.c.Stats().L1Hits > before
+			})
+		}
+	}
+}
+
+// converge checks that every node soon returns the database's version of
+// every key.
+func converge(t *testing.T, keys []string, nodes ...*faultNode) {
+	t.Helper()
+	for _, n := range nodes {
+		for _, k := range keys {
+			waitFor(t, 10*time.Second, n.name+" to return the current "+k, func() bool {
+				p, err := n.c.GetOrLoad(context.Background(), k, n.db)
+				return err == nil && p.Version == n.db.version(k)
+			})
+		}
+	}
+}
+
+func numbered(prefix string, n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprint(prefix, i)
+	}
+	return keys
+}
+
+// TestFaultPause: Redis paused for a second (CLIENT PAUSE ALL, and WRITE,
+// which stops scripts and PUBLISH but not GET or PING) while one node
+// writes and every node reads. No read returns a value more than
+// MaxStaleness older than an acknowledged Delete, nor more than a second
+// older than one that returned ErrQueued. Before the outbox and the proof,
+// a Delete timed out after OpTimeout inside the pause, was never retried,
+// and the other node served the old value from L1 until L1TTL.
+func TestFaultPause(t *testing.T) {
+	for _, mode := range []string{"ALL", "WRITE"} {
+		t.Run(mode, func(t *testing.T) {
+			srv := redistest.Start(t)
+			admin := redistest.Client(t, srv.Addr)
+			db := newMemDB()
+			a := newFaultNode(t, "A", srv.Addr, srv.Addr, db, Options{})
+			b := newFaultNode(t, "B", srv.Addr, srv.Addr, db, Options{})
+			keys := numbered("p", 10)
+			warm(t, keys, a, b)
+			log := newStaleLog(DefaultMaxStaleness)
+			stop := make(chan struct{})
+			failed, wait := workload(t, log, keys, a, []*faultNode{a, b}, stop)
+			time.Sleep(300 * time.Millisecond)
+			ctx := context.Background()
+			if err := admin.Do(ctx, "CLIENT", "PAUSE", "1000", mode).Err(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(2 * time.Second)
+			close(stop)
+			wait()
+			log.check(t)
+			converge(t, keys, a, b)
+			t.Logf("%d reads; %d of the writes returned ErrQueued; A %+v; B %+v", log.reads.Load(), failed.Load(), a.c.Stats(), b.c.Stats())
+		})
+	}
+}
+
+// TestFaultLatency: 300ms of added latency between the writer and Redis,
+// more than OpTimeout. Writes wait it out (WriteTimeout) and succeed; the
+// other node sees them within MaxStaleness. Before, every Delete failed
+// after OpTimeout and the other node stayed stale.
+func TestFaultLatency(t *testing.T) {
+	srv := redistest.Start(t)
+	p, err := faultproxy.New(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	db := newMemDB()
+	a := newFaultNode(t, "A", p.Addr(), srv.Addr, db, Options{})
+	b := newFaultNode(t, "B", srv.Addr, srv.Addr, db, Options{})
+	keys := numbered("l", 10)
+	warm(t, keys, a, b)
+	log := newStaleLog(DefaultMaxStaleness)
+	p.SetLatency(300 * time.Millisecond)
+	stop := make(chan struct{})
+	failed, wait := workload(t, log, keys, a, []*faultNode{a, b}, stop)
+	time.Sleep(2 * time.Second)
+	p.SetLatency(0)
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wait()
+	log.check(t)
+	converge(t, keys, a, b)
+	if n := failed.Load(); n != 0 {
+		t.Errorf("%d writes failed under 300ms of latency with a WriteTimeout of %v", n, DefaultWriteTimeout)
+	}
+	t.Logf("%d reads; A %+v; B %+v", log.reads.Load(), a.c.Stats(), b.c.Stats())
+}
+
+// TestFaultQueued: the writer alone loses Redis (its connections go
+// silent). Its Delete returns ErrQueued; it serves the key from the loader
+// only while the invalidation is pending; the outbox delivers it as soon
+// as Redis answers, and the other node, whose bus never stopped, drops the
+// old value then. Before, the failed Delete was never retried and the
+// other node served the old value until L1TTL.
+func TestFaultQueued(t *testing.T) {
+	srv := redistest.Start(t)
+	p, err := faultproxy.New(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	db := newMemDB()
+	a := newFaultNode(t, "A", p.Addr(), srv.Addr, db, Options{WriteTimeout: 300 * time.Millisecond})
+	b := newFaultNode(t, "B", srv.Addr, srv.Addr, db, Options{})
+	keys := []string{"q"}
+	warm(t, keys, a, b)
+	ctx := context.Background()
+
+	p.Silence()
+	v := db.bump("q")
+	start := time.Now()
+	err = a.c.Delete(ctx, "q")
+	if !errors.Is(err, ErrQueued) || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Delete with Redis silent = %v, want ErrQueued and ErrUnavailable", err)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond || d > 3*time.Second {
+		t.Errorf("Delete returned after %v, want about the WriteTimeout (300ms)", d)
+	}
+	if !a.c.Bus().Pending("faults", "q") {
+		t.Fatal("the invalidation is not pending in the outbox")
+	}
+	for range 5 {
+		if p, err := a.c.GetOrLoad(ctx, "q", db); err != nil || p.Version != v {
+			t.Fatalf("writer's read while pending = %+v, %v; want version %d from the loader", p, err, v)
+		}
+	}
+	if _, err := a.c.Get(ctx, "q"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Get while pending = %v, want ErrUnavailable (neither L1 nor Redis may answer)", err)
+	}
+	p.Resume()
+	resumed := time.Now()
+	waitFor(t, 5*time.Second, "B to drop the old value", func() bool {
+		p, err := b.c.GetOrLoad(ctx, "q", db)
+		return err == nil && p.Version == v
+	})
+	t.Logf("B current %v after the writer's connections resumed", time.Since(resumed).Round(time.Millisecond))
+	if s := a.c.Stats(); s.Queued != 1 || s.Delivered != 1 {
+		t.Fatalf("writer's Stats: Queued %d, Delivered %d; want 1 and 1", s.Queued, s.Delivered)
+	}
+	if a.c.Bus().Pending("faults", "q") {
+		t.Fatal("still pending after delivery")
+	}
+}
+
+// TestFaultRestartFromRDB: redis-server SIGKILLed and restarted from an RDB
+// snapshot taken before some acknowledged Deletes. The snapshot brings the
+// deleted values back, and no invalidation will ever come for them; the
+// caches see the new run_id, purge the namespace, and no read after the
+// restart returns a value a Delete had removed. Before, the old values were
+// served until their TTL.
+func TestFaultRestartFromRDB(t *testing.T) {
+	srv := redistest.StartPersistent(t)
+	admin := redistest.Client(t, srv.Addr)
+	db := newMemDB()
+	a := newFaultNode(t, "A", srv.Addr, srv.Addr, db, Options{})
+	b := newFaultNode(t, "B", srv.Addr, srv.Addr, db, Options{})
+	keys := numbered("r", 10)
+	warm(t, keys, a, b)
+	ctx := context.Background()
+	if err := admin.Save(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	log := newStaleLog(DefaultMaxStaleness)
+	for _, k := range keys[:5] {
+		if err := a.write(log, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	converge(t, keys, a, b)
+
+	srv.Kill()
+	killed := time.Now()
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := admin.Exists(ctx, "faults:{"+keys[0]+"}").Result(); n != 1 {
+		t.Fatal("the restarted server did not bring back the deleted value: the test would prove nothing")
+	}
+	// Every read from the kill on must be current.
+	log.maxStale = 0
+	deadline := killed.Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, n := range []*faultNode{a, b} {
+			for _, k := range keys {
+				n.read(t, log, k)
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	log.check(t)
+	if a.c.Stats().Purges+b.c.Stats().Purges == 0 {
+		t.Fatal("no node purged the namespace after the restart")
+	}
+	if n, _ := admin.Exists(ctx, "faults:{"+keys[0]+"}").Result(); n != 0 {
+		if p, err := a.c.Get(ctx, keys[0]); err != nil || p.Version != db.version(keys[0]) {
+			t.Fatalf("the resurrected value is still served: %+v, %v", p, err)
+		}
+	}
+}
+
+// TestFaultReadDuringGap: a load began before a Delete that its node
+// missed (its bus was down). A read 500ms after the Delete, during the gap
+// or just after the bus resubscribed, must not join that load. Before, it
+// did, and returned the old version when the load ended.
+func TestFaultReadDuringGap(t *testing.T) {
+	for _, when := range []string{"during the gap", "after the resubscription"} {
+		t.Run(when, func(t *testing.T) {
+			srv := redistest.Start(t)
+			p, err := faultproxy.New(srv.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { p.Close() })
+			db := newMemDB()
+			a := newFaultNode(t, "A", srv.Addr, srv.Addr, db, Options{})
+			b := newFaultNode(t, "B", srv.Addr, p.Addr(), db, Options{})
+			ctx := context.Background()
+			db.bump("g")
+
+			// B starts a load that reads version 1, then stalls.
+			inLoad, release := make(chan struct{}), make(chan struct{})
+			var first atomic.Bool
+			db.mu.Lock()
+			db.gate = func(string) {
+				if first.CompareAndSwap(false, true) {
+					close(inLoad)
+					<-release
+				}
+			}
+			db.mu.Unlock()
+			stalled := make(chan Product, 1)
+			go func() {
+				p, _ := b.c.GetOrLoad(ctx, "g", db)
+				stalled <- p
+			}()
+			<-inLoad
+			defer func() {
+				close(release)
+				<-stalled
+			}()
+
+			// B's bus goes down and cannot come back; A writes.
+			p.Set(faultproxy.Silent, faultproxy.NewConns)
+			p.CutAll()
+			waitFor(t, 5*time.Second, "B's bus to go down", func() bool { return !b.c.Bus().Healthy() })
+			v := db.bump("g")
+			if err := a.c.Delete(ctx, "g"); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(500 * time.Millisecond)
+			if when == "after the resubscription" {
+				p.Resume()
+				waitFor(t, 10*time.Second, "B's bus to come back", b.c.Bus().Healthy)
+			}
+			got := make(chan Product, 1)
+			go func() {
+				p, _ := b.c.GetOrLoad(ctx, "g", db)
+				got <- p
+			}()
+			select {
+			case p := <-got:
+				if p.Version != v {
+					t.Fatalf("read 500ms after the Delete returned version %d, want %d", p.Version, v)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the read joined the load that began before the Delete (it waits for it)")
+			}
+		})
+	}
+}
+
+// TestFaultBreaker: with Redis silent (every call would wait OpTimeout),
+// the breaker opens after BreakerFailures reads and later reads cost the
+// loader plus microseconds; a probe closes it once Redis answers again.
+func TestFaultBreaker(t *testing.T) {
+	srv := redistest.Start(t)
+	p, err := faultproxy.New(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	db := newMemDB()
+	a := newFaultNode(t, "A", p.Addr(), srv.Addr, db, Options{})
+	ctx := context.Background()
+	p.Silence()
+	for i := range DefaultBreakerFailures {
+		if _, err := a.c.GetOrLoad(ctx, fmt.Sprint("cold", i), db); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := a.c.Stats(); s.BreakerOpens != 1 {
+		t.Fatalf("Stats.BreakerOpens = %d after %d reads that timed out, want 1", s.BreakerOpens, DefaultBreakerFailures)
+	}
+	const n = 50
+	start := time.Now()
+	for i := range n {
+		if _, err := a.c.GetOrLoad(ctx, fmt.Sprint("open", i), db); err != nil {
+			t.Fatal(err)
+		}
+	}
+	per := time.Since(start) / n
+	t.Logf("a read with the breaker open: %v (OpTimeout %v)", per, l2.DefaultOpTimeout)
+	if per > l2.DefaultOpTimeout/10 {
+		t.Fatalf("a read with the breaker open took %v on average; it should not wait for Redis", per)
+	}
+	p.Resume()
+	waitFor(t, 5*time.Second, "a probe to close the breaker", func() bool { return a.c.brk.allow() })
+	before := a.c.Stats().L2Hits
+	if err := a.c.Set(ctx, "after", Product{Version: 7}); err != nil {
+		t.Fatal(err)
+	}
+	a.c.dropL1("after")
+	if p, err := a.c.Get(ctx, "after"); err != nil || p.Version != 7 || a.c.Stats().L2Hits == before {
+		t.Fatalf("after the breaker closed, Get = %+v, %v, L2 hits %d → %d; want Redis to answer", p, err, before, a.c.Stats().L2Hits)
+	}
+}
