@@ -57,11 +57,11 @@ type Cache[V any] struct {
 	// cache has checked for a restart with old data; Redis is read only
 	// while it is the current one. syncMu guards syncedCh, closed and
 	// replaced whenever synced changes.
-	synced   atomic.Pointer[string]
-	syncMu   sync.Mutex
-	syncedCh chan struct{}
-	warned   bool          // persistence warning logged; maintenance goroutine only
-	kick     chan struct{} // wakes the maintenance goroutine; capacity 1
+	synced    atomic.Pointer[string]
+	syncMu    sync.Mutex
+	syncedCh  chan struct{}
+	warned    bool          // persistence warning logged; maintenance goroutine only
+	kick      chan struct{} // wakes the maintenance goroutine; capacity 1
 	maintDone chan struct{}
 
 	stats counters
