@@ -142,7 +142,12 @@ func faultClient(t *testing.T, addr string) *redis.Client {
 
 func newFaultNode(t *testing.T, name, dataAddr, busAddr string, db *memDB, opts Options) *faultNode {
 	t.Helper()
-	bus, err := pubsub.New(faultClient(t, busAddr), &pubsub.Options{HealthInterval: 200 * time.Millisecond})
+	return newFaultNodeBus(t, name, dataAddr, busAddr, db, opts, &pubsub.Options{HealthInterval: 200 * time.Millisecond})
+}
+
+func newFaultNodeBus(t *testing.T, name, dataAddr, busAddr string, db *memDB, opts Options, busOpts *pubsub.Options) *faultNode {
+	t.Helper()
+	bus, err := pubsub.New(faultClient(t, busAddr), busOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -442,7 +447,7 @@ func TestFaultRestartFromRDB(t *testing.T) {
 // or just after the bus resubscribed, must not join that load. Before, it
 // did, and returned the old version when the load ended.
 func TestFaultReadDuringGap(t *testing.T) {
-	for _, when := range []string{"during the gap", "after the resubscription"} {
+	for _, when := range []string{"during the gap", "after the resubscription", "bus frozen"} {
 		t.Run(when, func(t *testing.T) {
 			srv := redistest.Start(t)
 			p, err := faultproxy.New(srv.Addr)
@@ -452,7 +457,10 @@ func TestFaultReadDuringGap(t *testing.T) {
 			t.Cleanup(func() { p.Close() })
 			db := newMemDB()
 			a := newFaultNode(t, "A", srv.Addr, srv.Addr, db, Options{})
-			b := newFaultNode(t, "B", srv.Addr, p.Addr(), db, Options{})
+			// "bus frozen": B's bus stays healthy (a long health interval)
+			// but cannot prove itself fresh, so only the rule that flights
+			// are joinable for MaxStaleness/2 while unproven protects it.
+			b := newFaultNodeBus(t, "B", srv.Addr, p.Addr(), db, Options{}, &pubsub.Options{HealthInterval: time.Minute})
 			ctx := context.Background()
 			db.bump("g")
 
@@ -478,10 +486,14 @@ func TestFaultReadDuringGap(t *testing.T) {
 				<-stalled
 			}()
 
-			// B's bus goes down and cannot come back; A writes.
-			p.Set(faultproxy.Silent, faultproxy.NewConns)
-			p.CutAll()
-			waitFor(t, 5*time.Second, "B's bus to go down", func() bool { return !b.c.Bus().Healthy() })
+			// B's bus goes down and cannot come back (or freezes); A writes.
+			if when == "bus frozen" {
+				p.Freeze()
+			} else {
+				p.Set(faultproxy.Silent, faultproxy.NewConns)
+				p.CutAll()
+				waitFor(t, 5*time.Second, "B's bus to go down", func() bool { return !b.c.Bus().Healthy() })
+			}
 			v := db.bump("g")
 			if err := a.c.Delete(ctx, "g"); err != nil {
 				t.Fatal(err)
@@ -503,6 +515,12 @@ func TestFaultReadDuringGap(t *testing.T) {
 				}
 			case <-time.After(5 * time.Second):
 				t.Fatal("the read joined the load that began before the Delete (it waits for it)")
+			}
+			if when == "bus frozen" {
+				if !b.c.Bus().Healthy() {
+					t.Fatal("B's bus went down: the test did not isolate the unproven case")
+				}
+				p.Thaw()
 			}
 		})
 	}
@@ -552,4 +570,47 @@ func TestFaultBreaker(t *testing.T) {
 	if p, err := a.c.Get(ctx, "after"); err != nil || p.Version != 7 || a.c.Stats().L2Hits == before {
 		t.Fatalf("after the breaker closed, Get = %+v, %v, L2 hits %d → %d; want Redis to answer", p, err, before, a.c.Stats().L2Hits)
 	}
+}
+
+// TestFaultOutboxOverflow: more keys queued than the outbox holds fold the
+// namespace into one purge. While it is pending the writer serves none of
+// the namespace from Redis or L1; when Redis answers, the namespace is
+// purged and every other node drops its L1 of it (a Flush message).
+func TestFaultOutboxOverflow(t *testing.T) {
+	srv := redistest.Start(t)
+	p, err := faultproxy.New(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	db := newMemDB()
+	a := newFaultNodeBus(t, "A", p.Addr(), srv.Addr, db, Options{WriteTimeout: 100 * time.Millisecond},
+		&pubsub.Options{HealthInterval: 200 * time.Millisecond, OutboxSize: 2})
+	b := newFaultNode(t, "B", srv.Addr, srv.Addr, db, Options{})
+	keys := numbered("o", 4)
+	warm(t, keys, a, b)
+	ctx := context.Background()
+	resetsB := b.c.Stats().Resets
+	p.Silence()
+	for _, k := range keys[:3] {
+		db.bump(k)
+		if err := a.c.Delete(ctx, k); !errors.Is(err, ErrQueued) {
+			t.Fatalf("Delete(%s) with Redis silent = %v, want ErrQueued", k, err)
+		}
+	}
+	// keys[3] was never written, but the whole namespace is being purged.
+	if !a.c.Bus().Pending("faults", keys[3]) {
+		t.Fatal("after the overflow, a key of the namespace is not pending")
+	}
+	p.Resume()
+	waitFor(t, 5*time.Second, "the purge", func() bool { return !a.c.Bus().Pending("faults", keys[3]) })
+	if s := a.c.Stats(); s.Purges != 1 {
+		t.Fatalf("A's Stats.Purges = %d, want 1", s.Purges)
+	}
+	admin := redistest.Client(t, srv.Addr)
+	if n, _ := admin.Exists(ctx, "faults:{"+keys[3]+"}").Result(); n != 0 {
+		t.Fatal("the purge left a value of the namespace in Redis")
+	}
+	waitFor(t, 5*time.Second, "B to reset the namespace", func() bool { return b.c.Stats().Resets > resetsB })
+	converge(t, keys, a, b)
 }
