@@ -24,8 +24,23 @@
 // [Cache.Set] and [Cache.Delete] change Redis first, then the local L1, and
 // publish an invalidation on a [pubsub.Bus] from the same Lua script that
 // changed Redis. Every other node drops the keys from its L1 when the message
-// arrives. Because pub/sub is lossy, a node does not serve from L1 while its
-// subscription is down, and drops all of L1 when it resubscribes.
+// arrives. A write gives Redis the whole of its context and
+// [Options.WriteTimeout], so a paused server is waited out; a write that
+// still fails leaves its keys' invalidation in the bus's outbox, which
+// delivers it as soon as Redis answers, and returns an error wrapping
+// [ErrQueued]. A read fails fast ([Options.OpTimeout]) and falls through to
+// the loader; after repeated failures a breaker sends reads straight there.
+//
+// # Bounded staleness
+//
+// Pub/sub is lossy and can be late. A node serves from L1 only while its
+// bus proves that it has applied every invalidation published up to
+// [Options.MaxStaleness] ago (timestamped PINGs on the subscription; see
+// [pubsub.Bus.Proven]); otherwise it reads through. So no read returns a
+// value whose overwrite was acknowledged more than MaxStaleness earlier. A
+// subscription gap drops L1 and every running flight; a server that came
+// back from a restart or failover with old data is detected and the
+// namespace purged before it is read.
 //
 // # Never putting an old value back
 //
