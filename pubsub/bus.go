@@ -174,6 +174,7 @@ type Bus struct {
 	// 0 while the bus is unhealthy. Written by the receiving goroutine.
 	proof   atomic.Int64
 	healthy atomic.Bool
+	downAt  atomic.Int64 // mono time the bus last became unhealthy (or was created)
 	hinted  atomic.Bool   // a reader asked for a fresh proof; cleared by the pinger
 	hint    chan struct{} // wakes the pinger; capacity 1
 	runID   atomic.Pointer[string]
@@ -222,6 +223,7 @@ func New(rdb redis.UniversalClient, opts *Options) (*Bus, error) {
 		pingers:  make(chan struct{}),
 	}
 	b.outbox = newOutbox(b, o.OutboxSize)
+	b.downAt.Store(mono.Now())
 	go b.run(ctx)
 	go b.pinger(ctx)
 	go b.outbox.run()
@@ -240,6 +242,15 @@ func (b *Bus) MaxStaleness() time.Duration { return b.o.MaxStaleness }
 // Healthy reports whether the subscription is confirmed, so that every
 // message published from now on will be delivered (eventually: see Proven).
 func (b *Bus) Healthy() bool { return b.healthy.Load() }
+
+// DownFor returns how long the bus has been unhealthy (since New, or since
+// it lost its subscription), or 0 while it is healthy.
+func (b *Bus) DownFor() time.Duration {
+	if b.healthy.Load() {
+		return 0
+	}
+	return time.Duration(mono.Now() - b.downAt.Load())
+}
 
 // Proven reports whether the bus has applied every message published up to
 // MaxStaleness before now (a mono.Now reading). A cache serves from L1 only
@@ -391,6 +402,7 @@ func (b *Bus) setDown() {
 	b.mu.Lock()
 	wasUp := b.healthy.Load()
 	if wasUp {
+		b.downAt.Store(mono.Now())
 		b.healthy.Store(false)
 		b.up = make(chan struct{})
 	}
@@ -546,25 +558,32 @@ func (b *Bus) serverRunID(ctx context.Context) (string, error) {
 }
 
 // pinger sends PINGs on the subscription connection, each carrying its send
-// time, when a reader asks for a fresher proof (at most one per quarter of
-// MaxStaleness) and at least every HealthInterval, which is what detects a
-// silent connection.
+// time: when a reader asks for a fresher proof (at most one PING per
+// quarter of MaxStaleness) and at least every HealthInterval, which is what
+// detects a silent connection. Requests that arrive while a PING is in
+// flight or during the quarter after it are coalesced: hinted stays set
+// until then, so readers do not ask again.
 func (b *Bus) pinger(ctx context.Context) {
 	defer close(b.pingers)
 	idle := time.NewTimer(b.o.HealthInterval)
 	defer idle.Stop()
 	gap := b.o.MaxStaleness / 4
 	for {
+		asked := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-b.hint:
+			asked = true
 		case <-idle.C:
+		}
+		if asked && b.proof.Load() != 0 && mono.Now()-b.proof.Load() <= b.maxStale/2 {
+			b.hinted.Store(false) // a PONG answered it meanwhile
+			continue
 		}
 		b.mu.Lock()
 		ps := b.ps
 		b.mu.Unlock()
-		b.hinted.Store(false)
 		if ps != nil {
 			b.pings.Add(1)
 			pctx, cancel := context.WithTimeout(ctx, b.o.HealthInterval)
@@ -579,6 +598,7 @@ func (b *Bus) pinger(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		b.hinted.Store(false)
 	}
 }
 

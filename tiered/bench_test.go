@@ -8,10 +8,10 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/dgraph-io/ristretto/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tieredcache/tiered/internal/faultproxy"
 	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/l1"
 	"github.com/tieredcache/tiered/l2"
@@ -43,13 +43,57 @@ func TestBenchValueSize(t *testing.T) {
 	}
 }
 
-// BenchmarkGetL1Hit: Cache.Get answered by L1.
+// BenchmarkGetL1Hit: Cache.Get answered by L1, on a real redis-server so
+// that the freshness proof's PINGs have a real round trip. It also reports
+// the PINGs the bus sent per second of reading flat out, and how many
+// reads could not use L1 because the proof had lapsed (unproven/op).
 func BenchmarkGetL1Hit(b *testing.B) {
-	c := benchCache(b, miniredis.RunT(b).Addr(), Options{})
+	c := benchCache(b, redistest.Start(b).Addr, Options{})
 	c.l1.Wait()
+	pings, unproven := c.Bus().Stats().Pings, c.Stats().L1Unproven
 	loopGet(b, context.Background(), c)
-	if s := c.Stats(); s.L1Hits < uint64(b.N) {
+	if s := c.Stats(); s.L1Hits+s.L1Unproven < uint64(b.N) {
 		b.Fatalf("L1 hits %d < %d: not measuring L1", s.L1Hits, b.N)
+	}
+	b.ReportMetric(float64(c.Bus().Stats().Pings-pings)/b.Elapsed().Seconds(), "pings/s")
+	b.ReportMetric(float64(c.Stats().L1Unproven-unproven)/float64(b.N), "unproven/op")
+}
+
+// BenchmarkGetOrLoadBreakerOpen: GetOrLoad of a key not in L1 while Redis
+// is silent (a proxy that forwards nothing, for the data and the bus) and
+// the breaker is open: the cost of a read that skips Redis, above a loader
+// that returns at once. Without the breaker every such read waited
+// OpTimeout (200ms).
+func BenchmarkGetOrLoadBreakerOpen(b *testing.B) {
+	p, err := faultproxy.New(redistest.Start(b).Addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.Close() })
+	c := benchCache(b, p.Addr(), Options{DisableL1: true})
+	p.Silence()
+	ctx := context.Background()
+	loader := LoaderFunc[benchValue](func(context.Context, string) (benchValue, error) { return newBenchValue(), nil })
+	for i := 0; c.brk.allow(); i++ {
+		if i > 10 {
+			b.Fatal("the breaker did not open")
+		}
+		if _, err := c.GetOrLoad(ctx, "k", loader); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		v, err := c.GetOrLoad(ctx, "k", loader)
+		if err != nil || v.ID != 42 {
+			b.Fatal(v.ID, err)
+		}
+		benchSink = v
+	}
+	b.StopTimer()
+	if c.brk.allow() {
+		b.Fatal("the breaker closed during the benchmark")
 	}
 }
 
@@ -57,7 +101,7 @@ func BenchmarkGetL1Hit(b *testing.B) {
 // healthy and that holds newBenchValue() under "k"; both close when b ends.
 func benchCache(b *testing.B, addr string, opts Options) *Cache[benchValue] {
 	b.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
 	b.Cleanup(func() { rdb.Close() })
 	opts.Namespace, opts.TTL = "bench", time.Hour
 	c, err := New[benchValue](rdb, &opts)

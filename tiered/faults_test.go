@@ -529,46 +529,65 @@ func TestFaultReadDuringGap(t *testing.T) {
 // TestFaultBreaker: with Redis silent (every call would wait OpTimeout),
 // the breaker opens after BreakerFailures reads and later reads cost the
 // loader plus microseconds; a probe closes it once Redis answers again.
+// "all silent" silences the bus's connection too, as a Redis that is down
+// would: a read must not wait for a bus that has been down for a while.
 func TestFaultBreaker(t *testing.T) {
-	srv := redistest.Start(t)
-	p, err := faultproxy.New(srv.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	db := newMemDB()
-	a := newFaultNode(t, "A", p.Addr(), srv.Addr, db, Options{})
-	ctx := context.Background()
-	p.Silence()
-	for i := range DefaultBreakerFailures {
-		if _, err := a.c.GetOrLoad(ctx, fmt.Sprint("cold", i), db); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if s := a.c.Stats(); s.BreakerOpens != 1 {
-		t.Fatalf("Stats.BreakerOpens = %d after %d reads that timed out, want 1", s.BreakerOpens, DefaultBreakerFailures)
-	}
-	const n = 50
-	start := time.Now()
-	for i := range n {
-		if _, err := a.c.GetOrLoad(ctx, fmt.Sprint("open", i), db); err != nil {
-			t.Fatal(err)
-		}
-	}
-	per := time.Since(start) / n
-	t.Logf("a read with the breaker open: %v (OpTimeout %v)", per, l2.DefaultOpTimeout)
-	if per > l2.DefaultOpTimeout/10 {
-		t.Fatalf("a read with the breaker open took %v on average; it should not wait for Redis", per)
-	}
-	p.Resume()
-	waitFor(t, 5*time.Second, "a probe to close the breaker", func() bool { return a.c.brk.allow() })
-	before := a.c.Stats().L2Hits
-	if err := a.c.Set(ctx, "after", Product{Version: 7}); err != nil {
-		t.Fatal(err)
-	}
-	a.c.dropL1("after")
-	if p, err := a.c.Get(ctx, "after"); err != nil || p.Version != 7 || a.c.Stats().L2Hits == before {
-		t.Fatalf("after the breaker closed, Get = %+v, %v, L2 hits %d → %d; want Redis to answer", p, err, before, a.c.Stats().L2Hits)
+	for _, tc := range []struct {
+		name   string
+		busToo bool
+	}{{"data silent", false}, {"all silent", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := redistest.Start(t)
+			p, err := faultproxy.New(srv.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { p.Close() })
+			db := newMemDB()
+			busAddr := srv.Addr
+			if tc.busToo {
+				busAddr = p.Addr()
+			}
+			a := newFaultNode(t, "A", p.Addr(), busAddr, db, Options{})
+			ctx := context.Background()
+			p.Silence()
+			for i := range DefaultBreakerFailures {
+				if _, err := a.c.GetOrLoad(ctx, fmt.Sprint("cold", i), db); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if s := a.c.Stats(); s.BreakerOpens != 1 {
+				t.Fatalf("Stats.BreakerOpens = %d after %d reads that timed out, want 1", s.BreakerOpens, DefaultBreakerFailures)
+			}
+			if tc.busToo {
+				// Reads keep skipping Redis once the bus is found down too.
+				waitFor(t, 5*time.Second, "the bus to go down", func() bool { return !a.c.Bus().Healthy() })
+				time.Sleep(2 * l2.DefaultOpTimeout)
+			}
+			const n = 50
+			start := time.Now()
+			for i := range n {
+				if _, err := a.c.GetOrLoad(ctx, fmt.Sprint("open", i), db); err != nil {
+					t.Fatal(err)
+				}
+			}
+			per := time.Since(start) / n
+			t.Logf("a read with the breaker open: %v (OpTimeout %v)", per, l2.DefaultOpTimeout)
+			if per > l2.DefaultOpTimeout/10 {
+				t.Fatalf("a read with the breaker open took %v on average; it should not wait for Redis", per)
+			}
+			p.Resume()
+			waitFor(t, 5*time.Second, "a probe to close the breaker", func() bool { return a.c.brk.allow() })
+			waitFor(t, 10*time.Second, "the cache to use Redis again", func() bool { return a.c.WaitReady(ctx) == nil })
+			before := a.c.Stats().L2Hits
+			if err := a.c.Set(ctx, "after", Product{Version: 7}); err != nil {
+				t.Fatal(err)
+			}
+			a.c.dropL1("after")
+			if p, err := a.c.Get(ctx, "after"); err != nil || p.Version != 7 || a.c.Stats().L2Hits == before {
+				t.Fatalf("after the breaker closed, Get = %+v, %v, L2 hits %d → %d; want Redis to answer", p, err, before, a.c.Stats().L2Hits)
+			}
+		})
 	}
 }
 

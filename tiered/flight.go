@@ -249,6 +249,7 @@ func (c *Cache[V]) loadUnleased(ctx context.Context, t l1.Ticket, key string, lo
 	v, err := c.callLoader(ctx, key, loader)
 	neg := errors.Is(err, ErrNotFound)
 	switch {
+	case c.l1 == nil:
 	case err == nil:
 		if env, ttl, eerr := c.encode(v, false); eerr == nil {
 			c.fill(t, key, v, false, len(env), min(c.o.L1TTL, ttl))

@@ -94,10 +94,15 @@ func (c *Cache[V]) resync(sess *string) {
 
 // waitSynced reports whether the bus is healthy and the cache has checked
 // its current session, waiting for both at most OpTimeout (and ctx) if
-// not: a read fails fast, and then falls through to the loader.
+// not: a read fails fast, and then falls through to the loader. A bus that
+// has been down for longer than OpTimeout is not waited for at all: Redis
+// is probably down with it, and every read would pay OpTimeout.
 func (c *Cache[V]) waitSynced(ctx context.Context) bool {
 	if sess := c.bus.Session(); sess != nil && c.bus.Healthy() && c.synced.Load() == sess {
 		return true
+	}
+	if c.bus.DownFor() > c.o.OpTimeout {
+		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.o.OpTimeout)
 	defer cancel()
