@@ -174,7 +174,7 @@ type Bus struct {
 	// 0 while the bus is unhealthy. Written by the receiving goroutine.
 	proof   atomic.Int64
 	healthy atomic.Bool
-	downAt  atomic.Int64 // mono time the bus last became unhealthy (or was created)
+	downAt  atomic.Int64  // mono time the bus last became unhealthy (or was created)
 	hinted  atomic.Bool   // a reader asked for a fresh proof; cleared by the pinger
 	hint    chan struct{} // wakes the pinger; capacity 1
 	runID   atomic.Pointer[string]
