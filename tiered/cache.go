@@ -444,9 +444,10 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 // ctx and Options.WriteTimeout. If it fails, the keys' invalidation goes to
 // the bus's outbox, which retries it with backoff until Redis answers;
 // until it is delivered this node serves the keys from neither L1 nor
-// Redis. Delete waits for the delivery within the same deadline and returns
-// nil if it happened; otherwise an error wrapping ErrQueued and
-// ErrUnavailable, and the outbox goes on. A write that reached Redis but
+// Redis. Delete waits for the delivery within the same deadline (not when
+// the breaker is open: Redis is known to be down) and returns nil if it
+// happened; otherwise an error wrapping ErrQueued and ErrUnavailable, and
+// the outbox goes on. A write that reached Redis but
 // lost its reply is harmless to deliver again.
 func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 	for _, k := range keys {
@@ -483,7 +484,7 @@ var (
 // deadline of ctx and WriteTimeout, unless the breaker is open. If that
 // fails (cause != nil), it queues the keys' invalidation in the outbox,
 // drops them from L1, forgets their flights, and waits for the delivery
-// within the same deadline (delivered).
+// within the same deadline (delivered), except when the breaker is open.
 func (c *Cache[V]) write(ctx context.Context, op string, keys []string, do func(context.Context) error) (delivered bool, cause error) {
 	wctx, cancel := context.WithTimeout(ctx, c.o.WriteTimeout)
 	defer cancel()
@@ -500,6 +501,9 @@ func (c *Cache[V]) write(ctx context.Context, op string, keys []string, do func(
 	c.bus.Queue(c.o.Namespace, keys, time.Now().Add(c.copiesOutlive()))
 	c.dropL1(keys...)
 	c.written(keys...)
+	if errors.Is(cause, errBreakerOpen) {
+		return false, cause // Redis is known to be down: do not wait for it
+	}
 	return c.bus.WaitDelivered(wctx, c.o.Namespace, keys) == nil, cause
 }
 
