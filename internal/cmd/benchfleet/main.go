@@ -1,6 +1,7 @@
 // Command benchfleet measures a fleet of tiered caches against one real
 // redis-server: how many times a cold key is loaded when every node
-// stampedes it, and how long an invalidation takes to reach the other nodes.
+// stampedes it, how long an invalidation takes to reach the other nodes, and
+// whether any read is stale while Redis and the network fail.
 //
 // It starts its own redis-server (package redistest) and stops it before
 // exiting, creates -nodes independent nodes (each its own go-redis client,
@@ -9,9 +10,23 @@
 //
 //	workload=stampede nodes=3 callers=300 keys=20 warmup_keys=1 loader_ms=50 loads_per_key_mean=… loads_per_key_max=… follower_p50_ms=… follower_p99_ms=…
 //	workload=invalidate nodes=3 trials=200 p50_ms=… p99_ms=… max_ms=… stale_after_2s=… ryw_stale=… publish_p99_ms=… reload_p99_ms=…
+//	workload=faults readers=paced nodes=3 readers_per_node=4 keys=2000 duration_s=… stale_100ms=… stale_after_error_1s=… max_staleness_ms=… reads_s=… writes_s=… read_errors=… write_errors=… queued_writes=… outboxed_keys=… breaker_opens=… l1_hit_ratio=… pings_s=…/…/…
+//	workload=faults readers=flat …
+//
+// The faults workload (faults.go, which defines its figures) makes one run
+// per reader mode, each on a redis-server and nodes of its own: readers and
+// writers on every node while the program kills, pauses and silences
+// connections, and a checker of every read against the log of writes.
+// reads_s and writes_s are measured rates (the writers aim at 100 writes/s
+// in all); write_errors counts the Deletes that failed without ErrQueued,
+// queued_writes those that returned it, outboxed_keys the keys the writes
+// put in the outbox (delivered within the write's deadline or not), pings_s
+// each node's bus PINGs per second. -workloads selects workloads, -faultdur
+// sets the length of a fault run and -faultreaders its reader modes.
 //
 // Progress, diagnostics and the comparison with the targets go to stderr;
-// -v adds a line per stampede key.
+// -v adds a line per stampede key, and the library's and go-redis's logs
+// during the fault runs.
 //
 // Like testing.B, the stampede workload does not measure setup: it first
 // collects the garbage of building the nodes (-setupgc), then runs -warmup
@@ -20,11 +35,13 @@
 // figures with both turned off too.
 //
 // Every figure is measured; none is clamped. The exit status is non-zero when
-// the run failed (an error, or a node that never saw an invalidation).
+// the run failed (an error, a node that never saw an invalidation, or a
+// fault run that counted a stale read, a read error or a write error other
+// than ErrQueued); every line is printed first.
 //
 // Usage:
 //
-//	go run ./internal/cmd/benchfleet [-nodes 3] [-trials 200] [-keys 20] [-warmup 1] [-setupgc=true] [-v] [-callers 100] [-loader 50ms] [-poll 1ms] [-spin]
+//	go run ./internal/cmd/benchfleet [-workloads stampede,invalidate,faults] [-nodes 3] [-trials 200] [-keys 20] [-warmup 1] [-setupgc=true] [-v] [-callers 100] [-loader 50ms] [-poll 1ms] [-spin] [-faultdur 20s] [-faultreaders paced,flat] [-pace 100µs] [-silenceresume]
 package main
 
 import (
@@ -39,6 +56,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -63,6 +81,39 @@ type config struct {
 	loader  time.Duration // stampede loader duration
 	poll    time.Duration // longest pause between an invalidate reader's reads
 	spin    bool          // invalidate readers spin instead of pausing
+
+	workloads     map[string]bool // the workloads to run
+	faultDur      time.Duration   // length of each fault run
+	faultReaders  []string        // reader modes of the fault runs, one run each
+	pace          time.Duration   // pause before each read of a paced fault reader
+	silenceResume bool            // end the silent subscriber's silence with Resume, not a cut
+}
+
+// workloadNames are the workloads, in the order they run.
+var workloadNames = []string{"stampede", "invalidate", "faults"}
+
+// readerModes are the fault runs' reader modes.
+var readerModes = []string{"paced", "flat"}
+
+// listFlag parses a comma-separated list of names out of allowed.
+func listFlag(s string, allowed []string) ([]string, error) {
+	var out []string
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if !slices.Contains(allowed, f) {
+			return nil, fmt.Errorf("unknown %q (want some of %s)", f, strings.Join(allowed, ","))
+		}
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("empty list (want some of %s)", strings.Join(allowed, ","))
+	}
+	return out, nil
 }
 
 func main() {
@@ -77,15 +128,24 @@ func main() {
 	flag.DurationVar(&cfg.loader, "loader", 50*time.Millisecond, "duration of the stampede loader")
 	flag.DurationVar(&cfg.poll, "poll", time.Millisecond, "longest pause between an invalidate reader's reads; it ends early when the reader's bus delivers the invalidation")
 	flag.BoolVar(&cfg.spin, "spin", false, "invalidate readers spin (yielding with runtime.Gosched) instead of pausing; on few cores this starves redis-server and the buses")
+	workloads := flag.String("workloads", strings.Join(workloadNames, ","), "comma-separated workloads to run, out of "+strings.Join(workloadNames, ","))
+	flag.DurationVar(&cfg.faultDur, "faultdur", 20*time.Second, "length of each fault run (at least 12s: the faults are placed at fractions of it)")
+	faultReaders := flag.String("faultreaders", strings.Join(readerModes, ","), "comma-separated reader modes of the faults workload, one run and one line each: paced (a -pace pause before each read), flat (no pause)")
+	flag.DurationVar(&cfg.pace, "pace", 100*time.Microsecond, "pause before each read of a paced fault reader")
+	flag.BoolVar(&cfg.silenceResume, "silenceresume", false, "end the silence of the faults workload's silent subscriber by forwarding its connections again, with the bytes dropped meanwhile missing (a stream TCP never delivers), instead of cutting them")
 	flag.Parse()
-	if err := cfg.validate(); err != nil {
+	err := cfg.parseLists(*workloads, *faultReaders)
+	if err == nil {
+		err = cfg.validate()
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "benchfleet:", err)
 		flag.Usage()
 		os.Exit(2)
 	}
 	// A signal cancels ctx, so that run returns and stops redis-server.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, cfg)
+	err = run(ctx, cfg)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "benchfleet:", err)
@@ -93,8 +153,27 @@ func main() {
 	}
 }
 
+func (c *config) parseLists(workloads, faultReaders string) error {
+	ws, err := listFlag(workloads, workloadNames)
+	if err != nil {
+		return fmt.Errorf("-workloads: %w", err)
+	}
+	c.workloads = map[string]bool{}
+	for _, w := range ws {
+		c.workloads[w] = true
+	}
+	if c.faultReaders, err = listFlag(faultReaders, readerModes); err != nil {
+		return fmt.Errorf("-faultreaders: %w", err)
+	}
+	return nil
+}
+
 func (c config) validate() error {
 	switch {
+	case c.faultDur < minFaultDur:
+		return fmt.Errorf("-faultdur must be at least %v", minFaultDur)
+	case c.pace <= 0:
+		return errors.New("-pace must be positive")
 	case c.nodes < 2:
 		return errors.New("-nodes must be at least 2: the invalidate workload needs a writer and a reader")
 	case c.trials < 1 || c.keys < 1 || c.callers < 1:
@@ -230,6 +309,22 @@ func newNode(ctx context.Context, id int, addr string, cfg config) (*node, error
 }
 
 func run(ctx context.Context, cfg config) error {
+	var err error
+	if cfg.workloads["stampede"] || cfg.workloads["invalidate"] {
+		err = runFleet(ctx, cfg)
+		if ctx.Err() != nil {
+			return err
+		}
+	}
+	if cfg.workloads["faults"] {
+		err = errors.Join(err, runFaults(ctx, cfg))
+	}
+	return err
+}
+
+// runFleet runs the stampede and invalidate workloads, those of them that
+// cfg selects, on one fleet of nodes over one redis-server.
+func runFleet(ctx context.Context, cfg config) error {
 	srv, err := redistest.StartProcess()
 	if err != nil {
 		return fmt.Errorf("starting redis-server: %w", err)
@@ -258,51 +353,68 @@ func run(ctx context.Context, cfg config) error {
 	if cfg.setupGC {
 		runtime.GC()
 	}
-	st, err := stampede(ctx, cfg, nodes)
-	if err != nil {
-		return fmt.Errorf("stampede: %w", err)
+	var (
+		st  *stampedeResult
+		inv *invalidateResult
+	)
+	if cfg.workloads["stampede"] {
+		r, err := stampede(ctx, cfg, nodes)
+		if err != nil {
+			return fmt.Errorf("stampede: %w", err)
+		}
+		st = &r
+		fmt.Printf("workload=stampede nodes=%d callers=%d keys=%d warmup_keys=%d loader_ms=%s loads_per_key_mean=%.2f loads_per_key_max=%d follower_p50_ms=%.2f follower_p99_ms=%.2f\n",
+			cfg.nodes, cfg.nodes*cfg.callers, cfg.keys, cfg.warmup, strconv.FormatFloat(msf(cfg.loader), 'f', -1, 64),
+			st.loadsMean, st.loadsMax, msf(st.followerP50), msf(st.followerP99))
 	}
-	fmt.Printf("workload=stampede nodes=%d callers=%d keys=%d warmup_keys=%d loader_ms=%s loads_per_key_mean=%.2f loads_per_key_max=%d follower_p50_ms=%.2f follower_p99_ms=%.2f\n",
-		cfg.nodes, cfg.nodes*cfg.callers, cfg.keys, cfg.warmup, strconv.FormatFloat(msf(cfg.loader), 'f', -1, 64),
-		st.loadsMean, st.loadsMax, msf(st.followerP50), msf(st.followerP99))
 
-	inv, err := invalidate(ctx, cfg, nodes, srv.Addr)
-	if err != nil {
-		return fmt.Errorf("invalidate: %w", err)
+	if cfg.workloads["invalidate"] {
+		r, err := invalidate(ctx, cfg, nodes, srv.Addr)
+		if err != nil {
+			return fmt.Errorf("invalidate: %w", err)
+		}
+		inv = &r
+		fmt.Printf("workload=invalidate nodes=%d trials=%d p50_ms=%.2f p99_ms=%.2f max_ms=%.2f stale_after_2s=%d ryw_stale=%d publish_p99_ms=%.2f reload_p99_ms=%.2f\n",
+			cfg.nodes, cfg.trials, msf(inv.p50), msf(inv.p99), msf(inv.max), inv.staleAfter2s, inv.rywStale, msf(inv.publishP99), msf(inv.reloadP99))
 	}
-	fmt.Printf("workload=invalidate nodes=%d trials=%d p50_ms=%.2f p99_ms=%.2f max_ms=%.2f stale_after_2s=%d ryw_stale=%d publish_p99_ms=%.2f reload_p99_ms=%.2f\n",
-		cfg.nodes, cfg.trials, msf(inv.p50), msf(inv.p99), msf(inv.max), inv.staleAfter2s, inv.rywStale, msf(inv.publishP99), msf(inv.reloadP99))
 
 	report(cfg, st, inv, nodes)
-	if inv.unconverged > 0 {
+	if inv != nil && inv.unconverged > 0 {
 		return fmt.Errorf("invalidate: %d reads never saw the new version within %v", inv.unconverged, convergeLimit)
 	}
 	return nil
 }
 
-// report compares the figures with the targets, on stderr.
-func report(cfg config, st stampedeResult, inv invalidateResult, nodes []*node) {
-	verdict := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "MISSED"
+// report compares the figures of the workloads that ran (st, inv: nil if
+// not) with the targets, on stderr.
+func report(cfg config, st *stampedeResult, inv *invalidateResult, nodes []*node) {
+	if st != nil {
+		fmt.Fprintf(os.Stderr, "benchfleet: stampede: loads_per_key_max=%d (target 1): %s\n",
+			st.loadsMax, verdict(st.loadsMax == 1))
+		lim := cfg.loader + 5*time.Millisecond
+		fmt.Fprintf(os.Stderr, "benchfleet: stampede: follower_p99=%.2fms (target ≤ loader+5ms = %.2fms): %s; follower max=%.2fms, leader p50=%.2fms\n",
+			msf(st.followerP99), msf(lim), verdict(st.followerP99 <= lim), msf(st.followerMax), msf(st.leaderP50))
 	}
-	fmt.Fprintf(os.Stderr, "benchfleet: stampede: loads_per_key_max=%d (target 1): %s\n",
-		st.loadsMax, verdict(st.loadsMax == 1))
-	lim := cfg.loader + 5*time.Millisecond
-	fmt.Fprintf(os.Stderr, "benchfleet: stampede: follower_p99=%.2fms (target ≤ loader+5ms = %.2fms): %s; follower max=%.2fms, leader p50=%.2fms\n",
-		msf(st.followerP99), msf(lim), verdict(st.followerP99 <= lim), msf(st.followerMax), msf(st.leaderP50))
-	budget := 2*inv.publishP99 + inv.reloadP99
-	fmt.Fprintf(os.Stderr, "benchfleet: invalidate: p99=%.2fms (target ≤ 2×publish_p99 + one reload = 2×%.2f + %.2f = %.2fms; one reload = p99 of a cold GetOrLoad measured in this run, PING p99 %.2fms): %s\n",
-		msf(inv.p99), msf(inv.publishP99), msf(inv.reloadP99), msf(budget), msf(inv.rttP99), verdict(inv.p99 <= budget))
-	fmt.Fprintf(os.Stderr, "benchfleet: invalidate: stale_after_2s=%d ryw_stale=%d (targets 0): %s; publish p50=%.2fms max=%.2fms; flip-backs after convergence=%d\n",
-		inv.staleAfter2s, inv.rywStale, verdict(inv.staleAfter2s == 0 && inv.rywStale == 0),
-		msf(inv.publishP50), msf(inv.publishMax), inv.flipBacks)
+	if inv != nil {
+		budget := 2*inv.publishP99 + inv.reloadP99
+		fmt.Fprintf(os.Stderr, "benchfleet: invalidate: p99=%.2fms (target ≤ 2×publish_p99 + one reload = 2×%.2f + %.2f = %.2fms; one reload = p99 of a cold GetOrLoad measured in this run, PING p99 %.2fms): %s\n",
+			msf(inv.p99), msf(inv.publishP99), msf(inv.reloadP99), msf(budget), msf(inv.rttP99), verdict(inv.p99 <= budget))
+		fmt.Fprintf(os.Stderr, "benchfleet: invalidate: stale_after_2s=%d ryw_stale=%d (targets 0): %s; publish p50=%.2fms max=%.2fms; flip-backs after convergence=%d\n",
+			inv.staleAfter2s, inv.rywStale, verdict(inv.staleAfter2s == 0 && inv.rywStale == 0),
+			msf(inv.publishP50), msf(inv.publishMax), inv.flipBacks)
+	}
 	for _, n := range nodes {
 		s, b := n.cache.Stats(), n.bus.Stats()
 		fmt.Fprintf(os.Stderr, "benchfleet: node %d: cache %+v bus %+v\n", n.id, s, b)
 	}
+}
+
+// verdict names whether a target was met.
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
 }
 
 // ---------------------------------------------------------------------------
