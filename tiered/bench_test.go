@@ -82,16 +82,7 @@ func BenchmarkGetOrLoadBreakerOpen(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		v, err := c.GetOrLoad(ctx, "k", loader)
-		if err != nil || v.ID != 42 {
-			b.Fatal(v.ID, err)
-		}
-		benchSink = v
-	}
-	b.StopTimer()
+	loopGetOrLoad(b, ctx, c, loader)
 	if c.brk.allow() {
 		b.Fatal("the breaker closed during the benchmark")
 	}
@@ -125,6 +116,20 @@ func loopGet(b *testing.B, ctx context.Context, c *Cache[benchValue]) {
 	b.ResetTimer()
 	for b.Loop() {
 		v, err := c.Get(ctx, "k")
+		if err != nil || v.ID != 42 {
+			b.Fatal(v.ID, err)
+		}
+		benchSink = v
+	}
+	b.StopTimer()
+}
+
+// loopGetOrLoad times GetOrLoad of the benchmark key.
+func loopGetOrLoad(b *testing.B, ctx context.Context, c *Cache[benchValue], loader Loader[benchValue]) {
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		v, err := c.GetOrLoad(ctx, "k", loader)
 		if err != nil || v.ID != 42 {
 			b.Fatal(v.ID, err)
 		}
@@ -217,16 +222,7 @@ func BenchmarkGetOrLoadL2Hit(b *testing.B) {
 	loader := LoaderFunc[benchValue](func(context.Context, string) (benchValue, error) {
 		return benchValue{}, errors.New("loader called on an L2 hit")
 	})
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		v, err := c.GetOrLoad(ctx, "k", loader)
-		if err != nil || v.ID != 42 {
-			b.Fatal(v.ID, err)
-		}
-		benchSink = v
-	}
-	b.StopTimer()
+	loopGetOrLoad(b, ctx, c, loader)
 	if st := c.Stats(); st.L2Hits < uint64(b.N) || st.Loads != 0 {
 		b.Fatalf("stats %+v after %d calls", st, b.N)
 	}

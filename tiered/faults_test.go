@@ -169,6 +169,14 @@ func newFaultNodeBus(t *testing.T, name, dataAddr, busAddr string, db *memDB, op
 	return &faultNode{name: name, c: c, db: db}
 }
 
+// faultPair returns two nodes, A and B, on addr with default options, and
+// their database.
+func faultPair(t *testing.T, addr string) (*memDB, *faultNode, *faultNode) {
+	t.Helper()
+	db := newMemDB()
+	return db, newFaultNode(t, "A", addr, addr, db, Options{}), newFaultNode(t, "B", addr, addr, db, Options{})
+}
+
 // read reads key through n and judges it.
 func (n *faultNode) read(t *testing.T, log *staleLog, key string) {
 	start := time.Now()
@@ -275,9 +283,7 @@ func TestFaultPause(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			srv := redistest.Start(t)
 			admin := redistest.Client(t, srv.Addr)
-			db := newMemDB()
-			a := newFaultNode(t, "A", srv.Addr, srv.Addr, db, Options{})
-			b := newFaultNode(t, "B", srv.Addr, srv.Addr, db, Options{})
+			_, a, b := faultPair(t, srv.Addr)
 			// 100 keys, each written about every 2s: a lost invalidation is
 			// not repaired by the next write of its key within the bounds.
 			keys := numbered("p", 100)
@@ -398,9 +404,7 @@ func TestFaultQueued(t *testing.T) {
 func TestFaultRestartFromRDB(t *testing.T) {
 	srv := redistest.StartPersistent(t)
 	admin := redistest.Client(t, srv.Addr)
-	db := newMemDB()
-	a := newFaultNode(t, "A", srv.Addr, srv.Addr, db, Options{})
-	b := newFaultNode(t, "B", srv.Addr, srv.Addr, db, Options{})
+	db, a, b := faultPair(t, srv.Addr)
 	keys := numbered("r", 10)
 	warm(t, keys, a, b)
 	ctx := context.Background()
