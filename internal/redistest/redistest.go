@@ -15,9 +15,11 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -62,16 +64,36 @@ func (s *Server) Restart() error {
 	return nil
 }
 
+// Files returns the contents of every file in the server's directory (and
+// its subdirectories, such as Redis 7's appendonlydir), concatenated.
+func (s *Server) Files(tb testing.TB) []byte {
+	tb.Helper()
+	var all []byte
+	err := filepath.WalkDir(s.dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		all = append(all, b...)
+		return err
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return all
+}
+
 // StartPersistent is Start for a server that loads the RDB file in its
 // directory at start-up: SAVE writes one, and Kill then Restart brings
-// back what it holds.
-func StartPersistent(tb testing.TB) *Server {
+// back what it holds. extra is passed to redis-server after the defaults
+// (for example "--appendonly", "yes").
+func StartPersistent(tb testing.TB, extra ...string) *Server {
 	tb.Helper()
 	Require(tb)
 	var s *Server
 	var err error
 	for range 5 {
-		if s, err = start(tb.TempDir(), "--dbfilename", "dump.rdb"); err == nil {
+		if s, err = start(tb.TempDir(), append([]string{"--dbfilename", "dump.rdb"}, extra...)...); err == nil {
 			break
 		}
 	}
