@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tieredcache/tiered/internal/redistest"
 )
 
 // TestMain makes the test binary a node when the parent re-executes it,
@@ -41,33 +43,74 @@ func TestCluster(t *testing.T) {
 	}
 }
 
+// TestClusterChaos runs the cluster with -chaos on miniredis and on a
+// redis-server of its own (skipped without redis-server on PATH, unless
+// REQUIRE_REDIS=1), and checks that every fault ran and showed, and that
+// the run stayed consistent throughout (runCluster).
 func TestClusterChaos(t *testing.T) {
-	cfg := testConfig()
-	cfg.Duration = 6 * time.Second
-	cfg.Chaos = true
-	out := runCluster(t, cfg)
-	if !strings.Contains(out, "--- chaos: dropping every connection") ||
-		!strings.Contains(out, "restarted on the same port") {
-		t.Errorf("output does not show the chaos:\n%s", out)
-	}
-	if !regexp.MustCompile(`(?m) DOWN$`).MatchString(out) {
-		t.Errorf("no row shows a node with its bus down during the outage:\n%s", out)
-	}
-	// Every node dropped its L1 when its subscription came back: the
-	// resets column of its load-phase total.
-	totals := 0
-	for _, line := range strings.Split(out, "\n") {
-		f := strings.Fields(line)
-		if len(f) != 11 || f[0] != "total" {
-			continue
-		}
-		totals++
-		if resets, err := strconv.Atoi(f[8]); err != nil || resets < 1 {
-			t.Errorf("%s: no L1 reset after the outage: %q", f[1], line)
-		}
-	}
-	if totals != cfg.Nodes {
-		t.Errorf("found %d total rows, want %d", totals, cfg.Nodes)
+	for _, backend := range []string{"miniredis", "redis-server"} {
+		t.Run(backend, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.Duration = 12 * time.Second
+			cfg.Chaos = true
+			killed := regexp.MustCompile(`chaos 5/5: miniredis was down for \S+; restarted empty on the same port`)
+			if backend == "redis-server" {
+				redistest.Require(t)
+				cfg.Redis = redisAuto
+				killed = regexp.MustCompile(`chaos 5/5: redis-server pid \d+ was SIGKILLed and down for \S+; restarted empty on \S+ as pid \d+`)
+			}
+			out := runCluster(t, cfg)
+			if backend == "redis-server" {
+				ms := serverPIDs.FindAllStringSubmatch(out, -1)
+				if len(ms) != 2 {
+					t.Errorf("found %d redis-server pids in the output, want 2 (started, restarted)", len(ms))
+				}
+				for _, m := range ms {
+					if pid, _ := strconv.Atoi(m[1]); alive(pid) {
+						t.Errorf("redis-server pid %d still running after run returned", pid)
+					}
+				}
+			}
+			for _, re := range []*regexp.Regexp{
+				regexp.MustCompile(`chaos 1/5: reset [1-9]\d* connections`),
+				regexp.MustCompile(`chaos 2/5: pause over: the server held every client's commands`),
+				regexp.MustCompile(`chaos 3/5: pause over: the server held every client's write commands`),
+				regexp.MustCompile(`chaos 4/5: node1's bus noticed after \S+ and replaced the connection`),
+				killed,
+			} {
+				if !re.MatchString(out) {
+					t.Errorf("output lacks %q", re)
+				}
+			}
+			// The kill takes every bus down; the pauses and the silence
+			// leave buses subscribed without a proof of freshness.
+			if !regexp.MustCompile(`(?m) DOWN$`).MatchString(out) {
+				t.Error("no row shows a node with its bus down during the kill")
+			}
+			if !regexp.MustCompile(`(?m)^ +\d+s  node1 .* late$`).MatchString(out) {
+				t.Error("no row shows node1 serving no L1 for want of a proof")
+			}
+			// Every node dropped its L1 when its subscription came back
+			// (resets), and skipped L1 while its bus could not prove it
+			// fresh (unproven): the load-phase totals.
+			totals := 0
+			for _, line := range strings.Split(out, "\n") {
+				f := strings.Fields(line)
+				if len(f) != 13 || f[0] != "total" {
+					continue
+				}
+				totals++
+				if resets, err := strconv.Atoi(f[8]); err != nil || resets < 1 {
+					t.Errorf("%s: no L1 reset after the faults: %q", f[1], line)
+				}
+				if unproven, err := strconv.Atoi(f[9]); err != nil || unproven < 1 {
+					t.Errorf("%s: no read skipped L1 for want of a proof: %q", f[1], line)
+				}
+			}
+			if totals != cfg.Nodes {
+				t.Errorf("found %d total rows, want %d", totals, cfg.Nodes)
+			}
+		})
 	}
 }
 
@@ -96,7 +139,7 @@ func testConfig() config {
 
 var summaryLine = regexp.MustCompile(`^summary nodes=(\d+) seconds=(\d+) reads=(\d+) writes=(\d+) ` +
 	`l1_hit_ratio=(\d+\.\d{3}) l2_hit_ratio=(\d+\.\d{3}) db_loads=(\d+) cold_burst_db_loads=(\d+) ` +
-	`stale_reads=(\d+) max_staleness_ms=(\d+\.\d) errors=(\d+)$`)
+	`stale_reads=(\d+) stale_after_error=(\d+) max_staleness_ms=(\d+\.\d) queued_invalidations=(\d+) errors=(\d+)$`)
 
 // runCluster runs the cluster with cfg, checks its summary line and that
 // it cleaned up after itself, and returns its output.
@@ -127,8 +170,9 @@ func runCluster(t *testing.T, cfg config) string {
 		t.Errorf("last line %q, want the returned summary %q", last, s)
 	}
 	want := map[int]string{1: strconv.Itoa(cfg.Nodes), 2: strconv.Itoa(int(cfg.Duration.Seconds())),
-		8: "1", 9: "0", 11: "0"}
-	names := map[int]string{1: "nodes", 2: "seconds", 8: "cold_burst_db_loads", 9: "stale_reads", 11: "errors"}
+		8: "1", 9: "0", 10: "0", 13: "0"}
+	names := map[int]string{1: "nodes", 2: "seconds", 8: "cold_burst_db_loads", 9: "stale_reads",
+		10: "stale_after_error", 13: "errors"}
 	for i, w := range want {
 		if m[i] != w {
 			t.Errorf("%s=%s, want %s", names[i], m[i], w)
@@ -158,6 +202,9 @@ func runCluster(t *testing.T, cfg config) string {
 	}
 	return text
 }
+
+// serverPIDs finds the pids of the redis-servers a -redis auto run started.
+var serverPIDs = regexp.MustCompile(`redis-server (?:\S+ \(started for the run, |pid \d+ was SIGKILLed.* as )pid (\d+)`)
 
 var probeLine = regexp.MustCompile(`(?m)^probe: (\d+) \(write, other node\) pairs converged`)
 

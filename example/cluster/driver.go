@@ -20,37 +20,45 @@ const (
 	absentPermille = 10  // reads of products that do not exist, per thousand
 	probeTimeout   = 3 * time.Second
 	probeInterval  = 2 * time.Millisecond
-	chaosOutage    = 1500 * time.Millisecond // how long a miniredis stays down
-	maxReported    = 10                      // errors and stale reads printed in full
-	recoverWithin  = 5 * time.Second         // for the buses to be back after the load
+	maxReported    = 10               // errors and stale reads printed in full
+	recoverWithin  = 10 * time.Second // for the buses and outboxes to be back after the load
 )
 
 // driver drives load through the nodes and checks what they answer.
 type driver struct {
-	cfg   config
-	out   *printer
-	nodes []*nodeProc
-	cat   *catalog // the parent's handle on the database, for the final check
-	redis *redisServer
-	http  *http.Client
+	cfg     config
+	out     *printer
+	nodes   []*nodeProc
+	proxies []nodeProxies // with -chaos, each node's fault proxies; else nil
+	cat     *catalog      // the parent's handle on the database, for the final check
+	redis   *redisServer
+	http    *http.Client
+	start   time.Time // of the load phase, for the times printed
 
 	acks        ackLog
+	inflight    sync.WaitGroup // running writes
 	probes      sync.WaitGroup // running probes
-	conv        durations      // how long after the ack each probe converged
+	conv        durations      // how long after the ack each probe of an acknowledged write converged
+	convQueued  durations      // the same for writes whose invalidation was queued
 	unconverged atomic.Uint64  // probes that never saw the version they wanted
 
-	reads  atomic.Uint64 // GETs answered 200, or 404 for an absent id
-	writes atomic.Uint64 // PUTs acknowledged
-	errors atomic.Uint64 // failed requests and wrong answers
-	stale  atomic.Uint64 // stale reads
+	reads           atomic.Uint64 // GETs answered 200, or 404 for an absent id
+	writes          atomic.Uint64 // PUTs answered 200
+	queued          atomic.Uint64 // of those, answered with the invalidation queued
+	errors          atomic.Uint64 // failed requests and wrong answers
+	stale           atomic.Uint64 // stale reads
+	staleAfterError atomic.Uint64 // of those, stale only with respect to queued writes
 
-	mu       sync.Mutex    // guards maxStale
-	maxStale time.Duration // largest lateness of a read that returned an older version
+	mu             sync.Mutex    // guards the fields below
+	maxStale       time.Duration // largest lateness of a read after an acknowledged write
+	maxStaleAt     time.Time     // when that read started
+	maxStaleQueued time.Duration // largest lateness of a read after a queued write
+	maxQueuedAt    time.Time     // when that read started
 }
 
-func newDriver(cfg config, out *printer, nodes []*nodeProc, cat *catalog, rs *redisServer) *driver {
+func newDriver(cfg config, out *printer, nodes []*nodeProc, proxies []nodeProxies, cat *catalog, rs *redisServer) *driver {
 	return &driver{
-		cfg: cfg, out: out, nodes: nodes, cat: cat, redis: rs,
+		cfg: cfg, out: out, nodes: nodes, proxies: proxies, cat: cat, redis: rs,
 		http: &http.Client{
 			// Above the longest a read may wait for a lease left behind by
 			// a Redis outage (LeaseTTL).
@@ -74,6 +82,9 @@ func (d *driver) run(ctx context.Context) (summary, error) {
 
 	d.out.printf("load: %d readers (Zipf s=%.1f over %d products, %d‰ absent ids), %.0f writes/s, for %v",
 		d.cfg.Readers, zipfS, d.cfg.Products, absentPermille, d.cfg.WriteRate, d.cfg.Duration)
+	if d.cfg.Chaos {
+		d.out.printf("chaos: every node reaches Redis through two fault proxies (cache, bus); %d faults follow", len(d.faults()))
+	}
 	base := d.snapshot(ctx, "")
 	if err := base.firstErr(); err != nil {
 		return summary{}, err
@@ -81,6 +92,7 @@ func (d *driver) run(ctx context.Context) (summary, error) {
 	loadCtx, cancel := context.WithTimeout(ctx, d.cfg.Duration)
 	defer cancel()
 	start := time.Now()
+	d.start = start
 	var wg sync.WaitGroup
 	for range d.cfg.Readers {
 		wg.Go(func() { d.reader(loadCtx) })
@@ -88,9 +100,10 @@ func (d *driver) run(ctx context.Context) (summary, error) {
 	wg.Go(func() { d.writer(ctx, loadCtx.Done()) })
 	wg.Go(func() { d.monitor(loadCtx, start, base) })
 	if d.cfg.Chaos {
-		wg.Go(func() { d.chaos(loadCtx, d.cfg.Duration/2) })
+		wg.Go(func() { d.chaos(ctx, loadCtx, start) })
 	}
 	wg.Wait()
+	d.inflight.Wait() // before probes.Wait: writes start probes
 	d.probes.Wait()
 	elapsed := time.Since(start)
 	if err := ctx.Err(); err != nil {
@@ -104,15 +117,26 @@ func (d *driver) run(ctx context.Context) (summary, error) {
 		return summary{}, err
 	}
 	final := d.snapshot(ctx, "")
-	var retries uint64
+	var keysQueued, delivered, dropped, opens uint64
 	for i := range d.nodes {
-		retries += final.stats[i].DeleteRetries
+		keysQueued += final.stats[i].Cache.Queued
+		delivered += final.stats[i].Bus.Delivered
+		dropped += final.stats[i].Bus.Dropped
+		opens += final.stats[i].Cache.BreakerOpens
 	}
-	d.out.printf("writes: %d acknowledged; the nodes retried cache.Delete %d times while Redis was unavailable",
-		d.writes.Load(), retries)
+	d.out.printf("writes: %d answered, %d with the invalidation queued (ErrQueued); outboxes: %d keys queued "+
+		"(a key queued again while pending is one entry), %d delivered, %d dropped; breakers opened %d times",
+		d.writes.Load(), d.queued.Load(), keysQueued, delivered, dropped, opens)
+	d.mu.Lock()
+	d.out.printf("lateness: largest %s after an acknowledged write%s (-bound %v); %s after a queued write%s (-error-bound %v)",
+		ms(d.maxStale), d.at(d.maxStale, d.maxStaleAt), d.cfg.Bound,
+		ms(d.maxStaleQueued), d.at(d.maxStaleQueued, d.maxQueuedAt), d.cfg.ErrorBound)
+	d.mu.Unlock()
 	n, q := d.conv.quantiles(0.5, 0.99, 1)
-	d.out.printf("probe: %d (write, other node) pairs converged: p50 %s, p99 %s, max %s after the ack; %d never did",
-		n, ms(q[0]), ms(q[1]), ms(q[2]), d.unconverged.Load())
+	nq, qq := d.convQueued.quantiles(1)
+	d.out.printf("probe: %d (write, other node) pairs converged: p50 %s, p99 %s, max %s after the ack "+
+		"(%d more after queued writes: max %s); %d never did",
+		n, ms(q[0]), ms(q[1]), ms(q[2]), nq, ms(qq[0]), d.unconverged.Load())
 	if !d.cfg.Quiet {
 		d.out.printf("")
 		d.out.printf("load phase totals (%v):", elapsed.Round(time.Millisecond))
@@ -199,29 +223,43 @@ func (d *driver) read(ctx context.Context, n *nodeProc, id int64) Product {
 	return p
 }
 
-// check judges a read of p through n that started at start; it reports
-// whether the read was stale.
+// check judges a read of p through n that started at start, counts it if
+// it was stale, and reports whether it was.
 func (d *driver) check(n *nodeProc, p Product, start time.Time) bool {
-	late, older := d.acks.lateness(p.ID, p.Version, start)
-	if !older || late <= 0 {
+	done, queued := d.acks.lateness(p.ID, p.Version, start)
+	if done > 0 || queued > 0 {
+		d.mu.Lock()
+		if done > d.maxStale {
+			d.maxStale, d.maxStaleAt = done, start
+		}
+		if queued > d.maxStaleQueued {
+			d.maxStaleQueued, d.maxQueuedAt = queued, start
+		}
+		d.mu.Unlock()
+	}
+	staleDone, staleQueued := done > d.cfg.Bound, queued > d.cfg.ErrorBound
+	if !staleDone && !staleQueued {
 		return false
 	}
-	d.mu.Lock()
-	d.maxStale = max(d.maxStale, late)
-	d.mu.Unlock()
-	if late <= d.cfg.Bound {
-		return false
+	c := d.stale.Add(1)
+	if !staleDone {
+		d.staleAfterError.Add(1)
 	}
-	if d.stale.Add(1) <= maxReported {
-		d.out.printf("STALE: %s returned version %d of product %d %s after a newer version was acknowledged",
-			n.name, p.Version, p.ID, ms(late))
+	if c <= maxReported {
+		what := fmt.Sprintf("%s after a newer version was acknowledged", ms(done))
+		if !staleDone {
+			what = fmt.Sprintf("%s after a write of a newer version returned with its invalidation queued", ms(queued))
+		}
+		d.out.printf("STALE: a read through %s started at %s returned version %d of product %d %s",
+			n.name, start.Sub(d.start).Round(time.Millisecond), p.Version, p.ID, what)
 	}
 	return true
 }
 
 // writer changes the price of a Zipf-distributed product through a random
-// node, cfg.WriteRate times a second, until done is closed. Each write runs
-// to its end on ctx and starts a probe.
+// node, cfg.WriteRate times a second, until done is closed, without waiting
+// for one write to end before the next begins. Each write runs to its end
+// on ctx and starts a probe.
 func (d *driver) writer(ctx context.Context, done <-chan struct{}) {
 	r := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	z := rand.NewZipf(r, zipfS, 1, uint64(d.cfg.Products-1))
@@ -235,16 +273,18 @@ func (d *driver) writer(ctx context.Context, done <-chan struct{}) {
 			return
 		case <-tick.C:
 		}
-		d.write(ctx, d.nodes[r.IntN(len(d.nodes))], int64(z.Uint64())+1, 100+r.Int64N(10000))
+		n, id, price := d.nodes[r.IntN(len(d.nodes))], int64(z.Uint64())+1, 100+r.Int64N(10000)
+		d.inflight.Go(func() { d.write(ctx, n, id, price) })
 	}
 }
 
-// write PUTs a new price for product id through n and, once acknowledged,
-// logs the new version and probes the other nodes for it.
+// write PUTs a new price for product id through n and, once answered,
+// logs the new version (acknowledged, or with its invalidation queued) and
+// probes the other nodes for it.
 func (d *driver) write(ctx context.Context, n *nodeProc, id, price int64) {
 	body, _ := json.Marshal(map[string]int64{"price": price})
-	var p Product
-	status, err := d.do(ctx, n, http.MethodPut, "/products/"+strconv.FormatInt(id, 10), body, &p)
+	var a putAnswer
+	status, err := d.do(ctx, n, http.MethodPut, "/products/"+strconv.FormatInt(id, 10), body, &a)
 	ackAt := time.Now()
 	if err != nil || status != http.StatusOK {
 		if ctx.Err() == nil {
@@ -253,14 +293,21 @@ func (d *driver) write(ctx context.Context, n *nodeProc, id, price int64) {
 		return
 	}
 	d.writes.Add(1)
-	d.acks.add(id, p.Version, ackAt)
-	d.probes.Go(func() { d.probe(ctx, n, p, ackAt) })
+	if a.InvalidationQueued {
+		d.queued.Add(1)
+	}
+	d.acks.add(id, a.Version, ackAt, a.InvalidationQueued)
+	d.probes.Go(func() { d.probe(ctx, n, a.Product, ackAt, a.InvalidationQueued) })
 }
 
 // probe reads want through every node but the writer, every probeInterval,
 // until each returns want's version or a newer one, and records how long
-// after the acknowledgment that read started.
-func (d *driver) probe(ctx context.Context, writer *nodeProc, want Product, ackAt time.Time) {
+// after the answer that read started.
+func (d *driver) probe(ctx context.Context, writer *nodeProc, want Product, ackAt time.Time, queued bool) {
+	conv := &d.conv
+	if queued {
+		conv = &d.convQueued
+	}
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -273,7 +320,7 @@ func (d *driver) probe(ctx context.Context, writer *nodeProc, want Product, ackA
 				start := time.Now()
 				p := d.read(ctx, n, want.ID)
 				if p.Version >= want.Version {
-					d.conv.add(max(start.Sub(ackAt), 0))
+					conv.add(max(start.Sub(ackAt), 0))
 					return
 				}
 				t := time.NewTimer(probeInterval)
@@ -290,14 +337,15 @@ func (d *driver) probe(ctx context.Context, writer *nodeProc, want Product, ackA
 	wg.Wait()
 }
 
-// finalCheck waits until -bound has passed since the last acknowledgment,
-// then reads every written product through every node and compares it with
-// the database. A node answering an older version than the database is a
-// stale read, even if no acknowledgment said so (a write that failed after
-// its commit).
+// finalCheck waits until -bound has passed since the last acknowledgment
+// and -error-bound since the last write answered with its invalidation
+// queued, then reads every written product through every node and compares
+// it with the database. A node answering an older version than the
+// database is a stale read, even if no answer said so (a write that failed
+// after its commit).
 func (d *driver) finalCheck(ctx context.Context) error {
-	ids, last := d.acks.written()
-	if wait := time.Until(last.Add(d.cfg.Bound)); wait > 0 {
+	ids, lastDone, lastQueued := d.acks.written()
+	if wait := time.Until(later(lastDone.Add(d.cfg.Bound), lastQueued.Add(d.cfg.ErrorBound))); wait > 0 {
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -319,7 +367,7 @@ func (d *driver) finalCheck(ctx context.Context) error {
 				continue
 			}
 			behind++
-			if late, older := d.acks.lateness(p.ID, p.Version, start); older && late > d.cfg.Bound {
+			if done, queued := d.acks.lateness(p.ID, p.Version, start); done > d.cfg.Bound || queued > d.cfg.ErrorBound {
 				continue // read counted it as stale already
 			}
 			if d.stale.Add(1) <= maxReported {
@@ -333,43 +381,31 @@ func (d *driver) finalCheck(ctx context.Context) error {
 	return nil
 }
 
-// chaos waits until after, then cuts every Redis connection.
-func (d *driver) chaos(ctx context.Context, after time.Duration) {
-	t := time.NewTimer(after)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-		return
-	}
-	d.out.printf("--- chaos: dropping every connection to %s", d.redis)
-	what, err := d.redis.dropConnections(ctx, chaosOutage)
-	if err != nil {
-		d.fail("chaos: %v", err)
-		return
-	}
-	d.out.printf("--- chaos: %s", what)
-}
-
 // waitRecovered waits up to recoverWithin for every node's invalidation bus
-// to be subscribed (after -chaos it may still be reconnecting), and fails
-// the run for each node whose bus is not. It returns ctx's error if ctx ends.
+// to be subscribed and its outbox empty (after -chaos a bus may still be
+// reconnecting, an outbox delivering), and fails the run for each node
+// that is not. It returns ctx's error if ctx ends.
 func (d *driver) waitRecovered(ctx context.Context) error {
 	deadline := time.Now().Add(recoverWithin)
 	for {
 		s := d.snapshot(ctx, "")
 		var down []string
 		for i, n := range d.nodes {
-			if s.errs[i] != nil || !s.stats[i].BusHealthy {
-				down = append(down, n.name)
+			switch {
+			case s.errs[i] != nil:
+				down = append(down, fmt.Sprintf("%s: %v", n.name, s.errs[i]))
+			case !s.stats[i].BusHealthy:
+				down = append(down, n.name+": invalidation bus down")
+			case s.stats[i].Bus.Pending > 0:
+				down = append(down, fmt.Sprintf("%s: %d invalidations in the outbox", n.name, s.stats[i].Bus.Pending))
 			}
 		}
 		if len(down) == 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			for _, name := range down {
-				d.fail("%s: invalidation bus still down %v after the load", name, recoverWithin)
+			for _, why := range down {
+				d.fail("%s, %v after the load", why, recoverWithin)
 			}
 			return nil
 		}
@@ -435,21 +471,42 @@ func (d *driver) snapshot(ctx context.Context, key string) snapshot {
 	}
 	var wg sync.WaitGroup
 	for i, n := range d.nodes {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			defer cancel()
-			status, err := d.do(ctx, n, http.MethodGet, path, nil, &s.stats[i])
-			if err == nil && status != http.StatusOK {
-				err = fmt.Errorf("status %d", status)
-			}
-			if err != nil {
-				s.errs[i] = fmt.Errorf("%s /stats: %w", n.name, err)
-			}
-		})
+		wg.Go(func() { s.stats[i], s.errs[i] = d.nodeStats(ctx, n, path) })
 	}
 	wg.Wait()
 	s.at = time.Now()
 	return s
+}
+
+// nodeStats fetches one node's /stats at path (with a query, maybe).
+func (d *driver) nodeStats(ctx context.Context, n *nodeProc, path string) (nodeStats, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var s nodeStats
+	status, err := d.do(ctx, n, http.MethodGet, path, nil, &s)
+	if err == nil && status != http.StatusOK {
+		err = fmt.Errorf("status %d", status)
+	}
+	if err != nil {
+		return s, fmt.Errorf("%s %s: %w", n.name, path, err)
+	}
+	return s, nil
+}
+
+// at says when a read late by late started, relative to the load phase.
+func (d *driver) at(late time.Duration, start time.Time) string {
+	if late == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" by a read at %.1fs", start.Sub(d.start).Seconds())
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func ms(d time.Duration) string {

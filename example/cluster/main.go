@@ -2,9 +2,9 @@
 // and one SQLite database, drives load through it, and reports what happened.
 //
 // The parent process starts Redis (an embedded miniredis, unless -redis names
-// a server), seeds a SQLite file with products, and re-executes itself as
-// -nodes node processes. Each node has its own Redis client, invalidation bus
-// and tiered.Cache, and serves
+// a server or says auto: a redis-server of its own), seeds a SQLite file with
+// products, and re-executes itself as -nodes node processes. Each node has
+// its own Redis clients, invalidation bus and tiered.Cache, and serves
 //
 //	GET /products/{id}   the product, through the cache (404 if absent)
 //	PUT /products/{id}   {"price": cents}: update the row, then invalidate
@@ -14,10 +14,12 @@
 // requests for a cold product through every node, Zipf-distributed reads and
 // a trickle of writes for -seconds, prints a table of every node's counters
 // each second, checks that no read starting more than -bound after a write's
-// acknowledgment returns an older version, and ends with a summary line. It
-// exits non-zero if a read was stale, a request failed, or the cold burst
-// loaded the product more than once. -chaos cuts every Redis connection
-// midway.
+// acknowledgment (-error-bound after a write whose invalidation was queued)
+// returns an older version, and ends with a summary line. It exits non-zero
+// if a read was stale, a request failed, or the cold burst loaded the
+// product more than once. -chaos injects faults in turn: a cut of every
+// connection, CLIENT PAUSE ALL and WRITE, a silent subscriber, and a kill
+// and restart of the server (see chaos.go).
 //
 // See docs/example.md in the repository.
 package main
@@ -34,6 +36,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/tieredcache/tiered/tiered"
 )
 
 func main() {
@@ -70,28 +74,36 @@ func parentMain(args []string) int {
 
 // config is what a run does; the flags set it.
 type config struct {
-	Nodes     int
-	Duration  time.Duration
-	Redis     string // host:port of a real server; empty: miniredis
-	Chaos     bool
-	Bound     time.Duration
-	Products  int
-	Readers   int
-	WriteRate float64 // writes per second
-	Burst     int     // concurrent requests per node in the cold burst
-	Quiet     bool    // no per-second table
-
+	Nodes      int
+	Duration   time.Duration
+	Redis      string // host:port of a real server; "auto": one the run starts; empty: miniredis
+	Chaos      bool
+	Bound      time.Duration // after an acknowledged write
+	ErrorBound time.Duration // after a write answered with its invalidation queued
+	Products   int
+	Readers    int
+	WriteRate  float64 // writes per second
+	Burst      int     // concurrent requests per node in the cold burst
+	Quiet      bool    // no per-second table
 }
+
+// Default durations of the load phase: -chaos runs longer, so that each of
+// its faults has a few seconds to itself.
+const (
+	defaultSeconds      = 20
+	defaultChaosSeconds = 25
+)
 
 func defaultConfig() config {
 	return config{
-		Nodes:     3,
-		Duration:  20 * time.Second,
-		Bound:     50 * time.Millisecond,
-		Products:  10000,
-		Readers:   8,
-		WriteRate: 10,
-		Burst:     50,
+		Nodes:      3,
+		Duration:   defaultSeconds * time.Second,
+		Bound:      tiered.DefaultMaxStaleness,
+		ErrorBound: tiered.DefaultWriteTimeout,
+		Products:   10000,
+		Readers:    8,
+		WriteRate:  10,
+		Burst:      50,
 	}
 }
 
@@ -106,11 +118,14 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			"exits 1 on a stale read, an error, or a cold burst that loaded twice.\n\nflags:\n")
 		fs.PrintDefaults()
 	}
-	seconds := fs.Int("seconds", int(cfg.Duration/time.Second), "how long to drive load, in seconds")
+	seconds := fs.Int("seconds", defaultSeconds, fmt.Sprintf("how long to drive load, in seconds (%d with -chaos)", defaultChaosSeconds))
 	fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "number of node processes")
-	fs.StringVar(&cfg.Redis, "redis", "", "`host:port` of a Redis server to use instead of an embedded miniredis")
-	fs.BoolVar(&cfg.Chaos, "chaos", false, "midway, cut every Redis connection (miniredis: stop it for 1.5s and restart it)")
+	fs.StringVar(&cfg.Redis, "redis", "", "`host:port` of a Redis server to use instead of an embedded miniredis, "+
+		"or \"auto\" to start a redis-server (from PATH) for the run")
+	fs.BoolVar(&cfg.Chaos, "chaos", false, "inject faults in turn: cut every connection, CLIENT PAUSE ALL, CLIENT PAUSE WRITE, "+
+		"a silent subscriber, and (miniredis, -redis auto) kill Redis and restart it empty")
 	fs.DurationVar(&cfg.Bound, "bound", cfg.Bound, "a read starting this long after a write's acknowledgment must not return an older version")
+	fs.DurationVar(&cfg.ErrorBound, "error-bound", cfg.ErrorBound, "the same after a write whose invalidation was queued (its Delete returned ErrQueued)")
 	fs.IntVar(&cfg.Products, "products", cfg.Products, "number of products seeded in the database")
 	fs.IntVar(&cfg.Readers, "readers", cfg.Readers, "concurrent readers")
 	fs.Float64Var(&cfg.WriteRate, "writes", cfg.WriteRate, "writes per second")
@@ -126,6 +141,11 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return cfg, err
 	}
 	cfg.Duration = time.Duration(*seconds) * time.Second
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "seconds" })
+	if cfg.Chaos && !set {
+		cfg.Duration = defaultChaosSeconds * time.Second
+	}
 	if err := cfg.validate(); err != nil {
 		fmt.Fprintln(stderr, err)
 		return cfg, err
@@ -139,8 +159,8 @@ func (c config) validate() error {
 		return errors.New("-nodes must be at least 2: the probe reads through the nodes that did not write")
 	case c.Duration <= 0:
 		return errors.New("-seconds must be positive")
-	case c.Bound <= 0:
-		return errors.New("-bound must be positive")
+	case c.Bound <= 0 || c.ErrorBound <= 0:
+		return errors.New("-bound and -error-bound must be positive")
 	case c.Products < 2:
 		return errors.New("-products must be at least 2")
 	case c.Readers < 1 || c.Burst < 1:
@@ -179,7 +199,7 @@ func run(ctx context.Context, cfg config, out io.Writer) (summary, error) {
 		return summary{}, fmt.Errorf("seeding the database: %w", err)
 	}
 
-	rs, err := startRedis(ctx, cfg.Redis)
+	rs, err := startRedis(ctx, cfg.Redis, dir)
 	if err != nil {
 		return summary{}, err
 	}
@@ -188,20 +208,38 @@ func run(ctx context.Context, cfg config, out io.Writer) (summary, error) {
 	// A namespace (and so a bus channel) of its own, so that a run on a
 	// shared Redis starts cold and hears no other run.
 	ns := "tiered-example:" + rand.Text()[:8]
-	nodes, err := startNodes(ctx, exe, cfg.Nodes, nodeConfig{RedisAddr: rs.addr, DBPath: dbPath, Namespace: ns}, os.Stderr)
+	ncs := make([]nodeConfig, cfg.Nodes)
+	for i := range ncs {
+		ncs[i] = nodeConfig{Name: fmt.Sprintf("node%d", i+1), RedisAddr: rs.addr, BusAddr: rs.addr, DBPath: dbPath, Namespace: ns}
+	}
+	var proxies []nodeProxies
+	if cfg.Chaos {
+		if proxies, err = startProxies(cfg.Nodes, rs.addr); err != nil {
+			return summary{}, err
+		}
+		defer closeProxies(proxies) // after the nodes have stopped
+		for i, p := range proxies {
+			ncs[i].RedisAddr, ncs[i].BusAddr = p.data.Addr(), p.bus.Addr()
+		}
+	}
+	nodes, err := startNodes(ctx, exe, ncs, os.Stderr)
 	if err != nil {
 		return summary{}, err
 	}
 	defer stopNodes(nodes)
 
 	pr.printf("cluster: %d products in %s (SQLite, WAL), %s, cache namespace %q", cfg.Products, dbPath, rs, ns)
-	for _, n := range nodes {
-		pr.printf("  %s  pid %-7d http://%s", n.name, n.cmd.Process.Pid, n.addr)
+	for i, n := range nodes {
+		via := ""
+		if proxies != nil {
+			via = fmt.Sprintf("  redis via proxies %s (cache), %s (bus)", ncs[i].RedisAddr, ncs[i].BusAddr)
+		}
+		pr.printf("  %s  pid %-7d http://%s%s", n.name, n.cmd.Process.Pid, n.addr, via)
 	}
 	pr.printf("  cache: TTL %v, negative TTL %v, lease TTL %v; tiered defaults otherwise (L1TTL = TTL)",
 		cacheTTL, negativeTTL, leaseTTL)
 
-	d := newDriver(cfg, pr, nodes, cat, rs)
+	d := newDriver(cfg, pr, nodes, proxies, cat, rs)
 	defer d.close()
 	return d.run(ctx)
 }

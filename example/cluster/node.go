@@ -27,7 +27,8 @@ import (
 // itself up, through these environment variables; a node takes no flags.
 const (
 	envNode      = "TIERED_EXAMPLE_NODE"      // the node's name; its presence makes the process a node
-	envRedis     = "TIERED_EXAMPLE_REDIS"     // host:port of Redis
+	envRedis     = "TIERED_EXAMPLE_REDIS"     // host:port of Redis for the cache
+	envBusRedis  = "TIERED_EXAMPLE_BUS_REDIS" // host:port of Redis for the invalidation bus
 	envDB        = "TIERED_EXAMPLE_DB"        // path of the SQLite file
 	envNamespace = "TIERED_EXAMPLE_NAMESPACE" // cache namespace; also names the bus channel
 )
@@ -35,17 +36,17 @@ const (
 // Cache settings of every node. The TTLs are short so that Redis entries
 // really expire during a run; the lease outlives a SQLite read by far.
 const (
-	cacheTTL         = 10 * time.Second
-	negativeTTL      = 5 * time.Second
-	leaseTTL         = 2 * time.Second
-	loadTimeout      = time.Second
-	invalidateWithin = 10 * time.Second // how long a PUT keeps retrying its Delete
+	cacheTTL    = 10 * time.Second
+	negativeTTL = 5 * time.Second
+	leaseTTL    = 2 * time.Second
+	loadTimeout = time.Second
 )
 
 // nodeConfig is what a node reads from its environment.
 type nodeConfig struct {
 	Name      string
-	RedisAddr string
+	RedisAddr string // the cache's client
+	BusAddr   string // the bus's client; the same server, maybe through another proxy
 	DBPath    string
 	Namespace string
 }
@@ -54,6 +55,7 @@ func nodeConfigFromEnv() nodeConfig {
 	return nodeConfig{
 		Name:      os.Getenv(envNode),
 		RedisAddr: os.Getenv(envRedis),
+		BusAddr:   os.Getenv(envBusRedis),
 		DBPath:    os.Getenv(envDB),
 		Namespace: os.Getenv(envNamespace),
 	}
@@ -63,6 +65,7 @@ func (nc nodeConfig) environ() []string {
 	return []string{
 		envNode + "=" + nc.Name,
 		envRedis + "=" + nc.RedisAddr,
+		envBusRedis + "=" + nc.BusAddr,
 		envDB + "=" + nc.DBPath,
 		envNamespace + "=" + nc.Namespace,
 	}
@@ -100,24 +103,16 @@ func serveNode(ctx context.Context, nc nodeConfig, ready io.Writer) error {
 
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).
 		With("node", nc.Name)
-	// Fail fast while Redis is down, so that reads fall through to the
-	// database at once instead of spending the cache's OpTimeout on dial
-	// retries; one immediate command retry replaces a pooled connection
-	// that a Redis restart broke.
 	redis.SetLogger(quietRedisLog{})
-	rdb := redis.NewClient(&redis.Options{
-		Addr: nc.RedisAddr,
-		// Lets the cache's OpTimeout cut a call to a Redis that stopped
-		// answering (docs/operations.md).
-		ContextTimeoutEnabled: true,
-		DialTimeout:           200 * time.Millisecond,
-		DialerRetries:         1,
-		MaxRetries:            1,
-		MinRetryBackoff:       -1,
-	})
+	rdb := redis.NewClient(redisOptions(nc.RedisAddr))
 	defer rdb.Close()
 	// One bus per process, shared by every cache of the process (here one).
-	bus, err := pubsub.New(rdb, &pubsub.Options{
+	// It has a client of its own, so that -chaos can silence the node's
+	// subscription (through a proxy of its own) and nothing else; a service
+	// would usually give the bus the cache's client.
+	busRdb := redis.NewClient(redisOptions(nc.BusAddr))
+	defer busRdb.Close()
+	bus, err := pubsub.New(busRdb, &pubsub.Options{
 		Channel: nc.Namespace + ":bus",
 		NodeID:  nc.Name,
 		Logger:  logger,
@@ -140,13 +135,14 @@ func serveNode(ctx context.Context, nc nodeConfig, ready io.Writer) error {
 	}
 	defer cache.Close()
 
-	// Until the bus is subscribed the cache bypasses L1; wait for it so that
-	// the first requests see the cache as it normally runs.
+	// Until the bus is subscribed and has proved L1 fresh, the cache reads
+	// through; wait for it so that the first requests see the cache as it
+	// normally runs.
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	err = bus.WaitHealthy(wctx)
+	err = cache.WaitReady(wctx)
 	wcancel()
 	if err != nil {
-		return fmt.Errorf("invalidation bus: %w", err)
+		return fmt.Errorf("cache not ready: %w", err)
 	}
 
 	n := &node{name: nc.Name, cat: cat, cache: cache, bus: bus}
@@ -180,28 +176,37 @@ type node struct {
 	bus    *pubsub.Bus
 	loader tiered.Loader[Product]
 
-	gets          atomic.Uint64 // GET /products/{id}
-	puts          atomic.Uint64 // PUT /products/{id}
-	serverErrors  atomic.Uint64 // 5xx answers
-	deleteRetries atomic.Uint64 // cache.Delete calls retried after a Redis failure
+	gets         atomic.Uint64 // GET /products/{id}
+	puts         atomic.Uint64 // PUT /products/{id}
+	serverErrors atomic.Uint64 // 5xx answers
+	queued       atomic.Uint64 // PUTs answered with the invalidation queued (ErrQueued)
 
 	keyLoads sync.Map // loader calls by key: string → *atomic.Uint64
 }
 
 // nodeStats is the body of GET /stats.
 type nodeStats struct {
-	Node          string       `json:"node"`
-	PID           int          `json:"pid"`
-	Requests      uint64       `json:"requests"`
-	Gets          uint64       `json:"gets"`
-	Puts          uint64       `json:"puts"`
-	ServerErrors  uint64       `json:"server_errors"`
-	DeleteRetries uint64       `json:"delete_retries"`
-	BusHealthy    bool         `json:"bus_healthy"`
-	Cache         tiered.Stats `json:"cache"`
-	Bus           pubsub.Stats `json:"bus"`
-	Key           string       `json:"key,omitempty"`       // with ?key=
-	KeyLoads      uint64       `json:"key_loads,omitempty"` // loader calls for Key
+	Node         string       `json:"node"`
+	PID          int          `json:"pid"`
+	Requests     uint64       `json:"requests"`
+	Gets         uint64       `json:"gets"`
+	Puts         uint64       `json:"puts"`
+	ServerErrors uint64       `json:"server_errors"`
+	Queued       uint64       `json:"invalidations_queued"` // PUTs answered with invalidation_queued
+	BusHealthy   bool         `json:"bus_healthy"`
+	BusProven    bool         `json:"bus_proven"` // the bus proves L1 fresh now: L1 is served
+	Cache        tiered.Stats `json:"cache"`
+	Bus          pubsub.Stats `json:"bus"`
+	Key          string       `json:"key,omitempty"`       // with ?key=
+	KeyLoads     uint64       `json:"key_loads,omitempty"` // loader calls for Key
+}
+
+// putAnswer is the body of a PUT's 200 answer: the row as committed, and
+// whether its invalidation was queued (the Delete returned ErrQueued)
+// rather than done.
+type putAnswer struct {
+	Product
+	InvalidationQueued bool `json:"invalidation_queued,omitempty"`
 }
 
 func (n *node) routes() http.Handler {
@@ -266,8 +271,9 @@ func (n *node) getProduct(w http.ResponseWriter, r *http.Request) {
 
 // putProduct answers PUT /products/{id} with a body {"price": cents}: it
 // updates the row in a transaction, bumping its version, and only after the
-// commit deletes the key from the cache everywhere. It answers with the row
-// as committed once the delete succeeded.
+// commit deletes the key from the cache everywhere. It answers 200 with the
+// row as committed once the delete returned: nil, or ErrQueued, which the
+// answer says (invalidation_queued). Any other error is a 500.
 func (n *node) putProduct(w http.ResponseWriter, r *http.Request) {
 	n.puts.Add(1)
 	id, ok := productID(w, r)
@@ -290,37 +296,23 @@ func (n *node) putProduct(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, err)
 		return
 	}
-	// The row has changed. The write is acknowledged only once the key is
-	// deleted from Redis and the invalidation published: before that, other
-	// nodes may serve the old version for as long as the TTL.
-	if err := n.invalidate(r.Context(), strconv.FormatInt(id, 10)); err != nil {
+	// The row has changed. Delete removes the key from Redis and publishes
+	// the invalidation, waiting out a slow or paused Redis for up to the
+	// cache's WriteTimeout. If Redis did not answer by then, Delete returns
+	// ErrQueued: the invalidation is in the bus's outbox, which delivers it
+	// as soon as Redis answers, and this node serves the key from neither
+	// tier meanwhile. The write is done either way, so the answer is a 200
+	// that says so. The context is not the client's: a committed change
+	// must be invalidated whoever waits for it.
+	err = n.cache.Delete(context.WithoutCancel(r.Context()), strconv.FormatInt(id, 10))
+	switch {
+	case errors.Is(err, tiered.ErrQueued):
+		n.queued.Add(1)
+		writeJSON(w, putAnswer{Product: p, InvalidationQueued: true})
+	case err != nil:
 		n.fail(w, fmt.Errorf("committed version %d but could not invalidate the cache: %w", p.Version, err))
-		return
-	}
-	writeJSON(w, p)
-}
-
-// invalidate deletes key from the cache, retrying while Redis is
-// unavailable. It runs on a context that the client's disconnect does not
-// cancel: a committed change must be invalidated whoever waits for it.
-func (n *node) invalidate(ctx context.Context, key string) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), invalidateWithin)
-	defer cancel()
-	backoff := 10 * time.Millisecond
-	for {
-		err := n.cache.Delete(ctx, key)
-		if err == nil || !errors.Is(err, tiered.ErrUnavailable) {
-			return err
-		}
-		n.deleteRetries.Add(1)
-		t := time.NewTimer(backoff)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return err
-		}
-		backoff = min(2*backoff, 250*time.Millisecond)
+	default:
+		writeJSON(w, putAnswer{Product: p})
 	}
 }
 
@@ -328,16 +320,17 @@ func (n *node) invalidate(ctx context.Context, key string) error {
 // the number of loader calls for that key.
 func (n *node) stats(w http.ResponseWriter, r *http.Request) {
 	s := nodeStats{
-		Node:          n.name,
-		PID:           os.Getpid(),
-		Requests:      n.gets.Load() + n.puts.Load(),
-		Gets:          n.gets.Load(),
-		Puts:          n.puts.Load(),
-		ServerErrors:  n.serverErrors.Load(),
-		DeleteRetries: n.deleteRetries.Load(),
-		BusHealthy:    n.bus.Healthy(),
-		Cache:         n.cache.Stats(),
-		Bus:           n.bus.Stats(),
+		Node:         n.name,
+		PID:          os.Getpid(),
+		Requests:     n.gets.Load() + n.puts.Load(),
+		Gets:         n.gets.Load(),
+		Puts:         n.puts.Load(),
+		ServerErrors: n.serverErrors.Load(),
+		Queued:       n.queued.Load(),
+		BusHealthy:   n.bus.Healthy(),
+		BusProven:    proven(n.bus),
+		Cache:        n.cache.Stats(),
+		Bus:          n.bus.Stats(),
 	}
 	if key := r.URL.Query().Get("key"); key != "" {
 		s.Key = key
@@ -351,6 +344,30 @@ func (n *node) stats(w http.ResponseWriter, r *http.Request) {
 func (n *node) fail(w http.ResponseWriter, err error) {
 	n.serverErrors.Add(1)
 	http.Error(w, err.Error(), http.StatusInternalServerError)
+}
+
+// redisOptions are the options of a node's Redis clients.
+func redisOptions(addr string) *redis.Options {
+	return &redis.Options{
+		Addr: addr,
+		// Lets the cache's OpTimeout and WriteTimeout cut a call to a Redis
+		// that stopped answering (docs/operations.md).
+		ContextTimeoutEnabled: true,
+		// Fail fast while Redis is down, so that reads fall through to the
+		// database at once instead of spending the cache's OpTimeout on dial
+		// retries; one immediate command retry replaces a pooled connection
+		// that a Redis restart broke.
+		DialTimeout:     200 * time.Millisecond,
+		DialerRetries:   1,
+		MaxRetries:      1,
+		MinRetryBackoff: -1,
+	}
+}
+
+// proven reports whether b proves L1 fresh now, as a read would ask.
+func proven(b *pubsub.Bus) bool {
+	age := b.ProofAge()
+	return age >= 0 && age <= b.MaxStaleness()
 }
 
 // quietRedisLog drops go-redis's own log lines (one per failed dial while

@@ -28,13 +28,12 @@ type nodeProc struct {
 	waitErr error         // the result of cmd.Wait, set before exited is closed
 }
 
-// startNodes starts n node processes running exe and waits until each has
-// reported its address. On error it stops those already started.
-func startNodes(ctx context.Context, exe string, n int, base nodeConfig, stderr io.Writer) ([]*nodeProc, error) {
+// startNodes starts a node process running exe for each of ncs and waits
+// until each has reported its address. On error it stops those already
+// started.
+func startNodes(ctx context.Context, exe string, ncs []nodeConfig, stderr io.Writer) ([]*nodeProc, error) {
 	var nodes []*nodeProc
-	for i := 1; i <= n; i++ {
-		nc := base
-		nc.Name = fmt.Sprintf("node%d", i)
+	for _, nc := range ncs {
 		p, err := startNode(exe, nc, stderr)
 		if err != nil {
 			stopNodes(nodes)

@@ -21,8 +21,8 @@ func (p *printer) printf(format string, args ...any) {
 }
 
 const (
-	tableHeader = "  time  node     req/s  L1 hit  L2 hit  DB loads  invalidations  lease waits  resets  redis errors  bus"
-	tableRow    = "%6s  %-6s %6.0f  %6s  %6s  %8d  %13d  %11d  %6d  %12d  %s"
+	tableHeader = "  time  node     req/s  L1 hit  L2 hit  DB loads  invalidations  lease waits  resets  unproven  queued  redis errors  bus"
+	tableRow    = "%6s  %-6s %6.0f  %6s  %6s  %8d  %13d  %11d  %6d  %8d  %6d  %12d  %s"
 )
 
 // monitor prints one row per node every second until ctx is done: the
@@ -63,14 +63,17 @@ func row(label, name string, a, b nodeStats, dt time.Duration) string {
 	ac, bc := a.Cache, b.Cache
 	gets := b.Gets - a.Gets
 	bus := "up"
-	if !b.BusHealthy {
+	switch {
+	case !b.BusHealthy:
 		bus = "DOWN"
+	case !b.BusProven:
+		bus = "late"
 	}
 	return fmt.Sprintf(tableRow, label, name,
 		float64(b.Requests-a.Requests)/dt.Seconds(),
 		percent(bc.L1Hits-ac.L1Hits, gets), percent(bc.L2Hits-ac.L2Hits, gets),
 		bc.Loads-ac.Loads, bc.Invalidations-ac.Invalidations, bc.LeaseWaits-ac.LeaseWaits,
-		bc.Resets-ac.Resets, bc.L2Errors-ac.L2Errors, bus)
+		bc.Resets-ac.Resets, bc.L1Unproven-ac.L1Unproven, bc.Queued-ac.Queued, bc.L2Errors-ac.L2Errors, bus)
 }
 
 // printTotals prints the increase of each node's counters from base to
@@ -99,21 +102,25 @@ type summary struct {
 	Nodes            int
 	Seconds          int
 	Reads            uint64  // GETs the driver made that were answered 200 or 404
-	Writes           uint64  // PUTs acknowledged
+	Writes           uint64  // PUTs answered 200
 	L1HitRatio       float64 // L1 hits / GETs served, over all nodes
 	L2HitRatio       float64 // Redis hits / GETs served, over all nodes
 	DBLoads          uint64  // loader calls, over all nodes
 	ColdBurstDBLoads uint64  // loader calls for the cold-burst key
-	StaleReads       uint64
+	StaleReads       uint64  // every stale read, after acknowledged and queued writes
+	StaleAfterError  uint64  // of those, the ones stale only after writes answered with the invalidation queued
 	MaxStaleness     time.Duration
+	Queued           uint64 // PUTs answered 200 with the invalidation queued (ErrQueued)
 	Errors           uint64
 }
 
 func (s summary) String() string {
 	return fmt.Sprintf("summary nodes=%d seconds=%d reads=%d writes=%d l1_hit_ratio=%.3f l2_hit_ratio=%.3f "+
-		"db_loads=%d cold_burst_db_loads=%d stale_reads=%d max_staleness_ms=%.1f errors=%d",
+		"db_loads=%d cold_burst_db_loads=%d stale_reads=%d stale_after_error=%d max_staleness_ms=%.1f "+
+		"queued_invalidations=%d errors=%d",
 		s.Nodes, s.Seconds, s.Reads, s.Writes, s.L1HitRatio, s.L2HitRatio,
-		s.DBLoads, s.ColdBurstDBLoads, s.StaleReads, float64(s.MaxStaleness)/float64(time.Millisecond), s.Errors)
+		s.DBLoads, s.ColdBurstDBLoads, s.StaleReads, s.StaleAfterError,
+		float64(s.MaxStaleness)/float64(time.Millisecond), s.Queued, s.Errors)
 }
 
 // OK reports whether the run passed: no stale read, no error, and the cold
@@ -143,6 +150,8 @@ func (d *driver) summarize(final snapshot, burstLoads uint64) summary {
 		DBLoads:          loads,
 		ColdBurstDBLoads: burstLoads,
 		StaleReads:       d.stale.Load(),
+		StaleAfterError:  d.staleAfterError.Load(),
+		Queued:           d.queued.Load(),
 	}
 	if gets > 0 {
 		s.L1HitRatio = float64(l1) / float64(gets)
