@@ -424,6 +424,7 @@ func (b *Bus) setUp(runID string) {
 	}
 	b.mu.Unlock()
 	b.askPing()
+	b.Redeliver()
 }
 
 func (b *Bus) askPing() {

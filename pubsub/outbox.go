@@ -30,7 +30,9 @@ import (
 //     then a Flush message that makes every node drop the namespace's L1).
 //   - A delivery attempt has deliverTimeout, longer than a read's
 //     OpTimeout, so that while Redis is paused an attempt is waiting in its
-//     queue and lands the moment it resumes.
+//     queue and lands the moment it resumes. Failures back off from
+//     backoffMin to backoffMax; a sign that Redis answers again (the bus
+//     resubscribed, a cache's breaker closed: Redeliver) ends the backoff.
 //   - While a key (or its namespace's purge) is pending, Pending reports it:
 //     the cache then serves it from neither L1 nor Redis.
 //   - Close keeps delivering for up to Options.CloseTimeout; what is left
@@ -39,7 +41,7 @@ const (
 	deliverTimeout = time.Second
 	deliverBatch   = 512
 	backoffMin     = 10 * time.Millisecond
-	backoffMax     = time.Second
+	backoffMax     = 250 * time.Millisecond
 )
 
 type nsKey struct{ ns, key string }
@@ -50,8 +52,9 @@ type outboxEntry struct {
 }
 
 type outbox struct {
-	b    *Bus
-	size int
+	b       *Bus
+	size    int
+	maxWait time.Duration // backoffMax; tests raise it
 
 	n atomic.Int64 // len(keys) + len(purge): the read path's fast test
 
@@ -64,6 +67,7 @@ type outbox struct {
 	until   time.Time // with closing: when to give up
 
 	kick    chan struct{} // capacity 1: something was queued
+	retry   chan struct{} // capacity 1: Redis answers again, cut the backoff short
 	closeCh chan struct{} // closed by close
 	done    chan struct{} // closed when run returns
 
@@ -72,11 +76,12 @@ type outbox struct {
 
 func newOutbox(b *Bus, size int) *outbox {
 	return &outbox{
-		b: b, size: size,
+		b: b, size: size, maxWait: backoffMax,
 		keys:    make(map[nsKey]outboxEntry),
 		purge:   make(map[string]bool),
 		changed: make(chan struct{}),
 		kick:    make(chan struct{}, 1),
+		retry:   make(chan struct{}, 1),
 		closeCh: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
@@ -108,6 +113,16 @@ func (b *Bus) Queue(namespace string, keys []string, until time.Time) {
 	o.b.log.Log(slog.LevelWarn, "pubsub: invalidation queued in the outbox", nil,
 		slog.String("namespace", namespace), slog.Int("keys", len(keys)))
 	o.wake()
+}
+
+// Redeliver tells the outbox that Redis answers again, so that a delivery
+// waiting out its backoff is tried at once. The bus calls it when it
+// resubscribes; a cache calls it when its breaker closes.
+func (b *Bus) Redeliver() {
+	select {
+	case b.outbox.retry <- struct{}{}:
+	default:
+	}
 }
 
 // foldLocked replaces namespace's entries with one purge.
@@ -362,9 +377,11 @@ func (o *outbox) run() {
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
+		case <-o.retry:
+			t.Stop()
 		case <-closeCh:
 			t.Stop()
 		}
-		wait = min(2*wait, backoffMax)
+		wait = min(2*wait, o.maxWait)
 	}
 }

@@ -81,6 +81,35 @@ func TestOutboxDelivers(t *testing.T) {
 	}
 }
 
+// TestOutboxRedeliver: Redeliver ends a delivery's backoff at once: with
+// the backoff raised to a minute, the key is still delivered right after
+// Redis "answers again".
+func TestOutboxRedeliver(t *testing.T) {
+	t.Parallel()
+	b, r := outboxBus(t, nil)
+	b.outbox.maxWait = time.Minute
+	var up atomic.Bool
+	var attempts atomic.Int32
+	r.deliver = func(context.Context, []string) error {
+		attempts.Add(1)
+		if !up.Load() {
+			return errors.New("redis down")
+		}
+		return nil
+	}
+	b.Queue("ns", []string{"k"}, time.Now().Add(time.Hour))
+	deadline := time.Now().Add(waitTimeout)
+	for attempts.Load() < 8 { // the backoff is now over a second
+		if time.Now().After(deadline) {
+			t.Fatal("the outbox stopped retrying")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	up.Store(true)
+	b.Redeliver()
+	waitDelivered(t, b, "k")
+}
+
 // TestOutboxNewestPerKey: a key queued again while its delivery is running
 // stays pending (the running delivery may predate the new write) and is
 // delivered once more; a key queued twice before delivery is delivered

@@ -569,6 +569,7 @@ func (c *Cache[V]) l2Done(op string, err error) {
 		if c.brk.success() {
 			c.log.Log(slog.LevelInfo, "tiered: redis answers again, breaker closed", nil,
 				slog.String("namespace", c.o.Namespace))
+			c.bus.Redeliver()
 		}
 		return
 	}

@@ -75,7 +75,7 @@ func (d *driver) faults() []fault {
 			return d.pause(ctx, "WRITE")
 		}},
 		{fmt.Sprintf("%s's subscription goes silent", d.nodes[silentVictim].name), d.silence},
-		{"kill Redis and restart it empty", d.kill},
+		{"kill Redis and restart it", d.kill},
 	}
 }
 

@@ -53,7 +53,7 @@ func TestClusterChaos(t *testing.T) {
 			cfg := testConfig()
 			cfg.Duration = 12 * time.Second
 			cfg.Chaos = true
-			killed := regexp.MustCompile(`chaos 5/5: miniredis was down for \S+; restarted empty on the same port`)
+			killed := regexp.MustCompile(`chaos 5/5: miniredis was down for \S+; restarted with its data on the same port`)
 			if backend == "redis-server" {
 				redistest.Require(t)
 				cfg.Redis = redisAuto

@@ -123,7 +123,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&cfg.Redis, "redis", "", "`host:port` of a Redis server to use instead of an embedded miniredis, "+
 		"or \"auto\" to start a redis-server (from PATH) for the run")
 	fs.BoolVar(&cfg.Chaos, "chaos", false, "inject faults in turn: cut every connection, CLIENT PAUSE ALL, CLIENT PAUSE WRITE, "+
-		"a silent subscriber, and (miniredis, -redis auto) kill Redis and restart it empty")
+		"a silent subscriber, and (miniredis: with its data; -redis auto: empty) kill Redis and restart it")
 	fs.DurationVar(&cfg.Bound, "bound", cfg.Bound, "a read starting this long after a write's acknowledgment must not return an older version")
 	fs.DurationVar(&cfg.ErrorBound, "error-bound", cfg.ErrorBound, "the same after a write whose invalidation was queued (its Delete returned ErrQueued)")
 	fs.IntVar(&cfg.Products, "products", cfg.Products, "number of products seeded in the database")
