@@ -60,13 +60,15 @@ func (c *Cache[V]) fetch(ctx context.Context, key string) (V, error) {
 	if e, ok := c.recheckL1(key); ok {
 		return e.result()
 	}
-	if c.bus.Pending(c.o.Namespace, key) {
-		return zero, fmt.Errorf("%w: %w", ErrUnavailable, errPending)
-	}
 	if err := c.l2Ready(ctx); err != nil {
 		return zero, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
+	// The ticket before the outbox check: a write queued after the check
+	// advances the key's guard, and the fill below is refused.
 	t := c.begin(key)
+	if c.bus.Pending(c.o.Namespace, key) {
+		return zero, fmt.Errorf("%w: %w", ErrUnavailable, errPending)
+	}
 	raw, err := c.l2.Get(ctx, key)
 	c.l2Done("get", err)
 	switch {
@@ -120,11 +122,11 @@ func (c *Cache[V]) load(ctx context.Context, key string, loader Loader[V]) (V, e
 	if e, ok := c.recheckL1(key); ok {
 		return e.result()
 	}
-	if c.bus.Pending(c.o.Namespace, key) {
-		return c.callLoader(ctx, key, loader)
-	}
 	ready := c.l2Ready(ctx) // may wait for the bus: the load begins after it
 	t, resets := c.begin(key), c.resets.Load()
+	if c.bus.Pending(c.o.Namespace, key) { // after the ticket, as in fetch
+		return c.callLoader(ctx, key, loader)
+	}
 	if ready != nil {
 		return c.loadUnleased(ctx, t, key, loader)
 	}
