@@ -57,8 +57,8 @@ func (s *Store) CheckRun(ctx context.Context, runID string) (purged bool, err er
 	got, err := s.rdb.Get(cctx, s.runMarkerKey()).Result()
 	if errors.Is(err, redis.Nil) {
 		// Set it, unless another node just did: then compare with that.
-		set, err := s.rdb.SetNX(cctx, s.runMarkerKey(), runID, 0).Result()
-		if err != nil {
+		var set bool
+		if set, err = s.rdb.SetNX(cctx, s.runMarkerKey(), runID, 0).Result(); err != nil {
 			return false, s.unavailable("SETNX run marker", err)
 		}
 		if set {

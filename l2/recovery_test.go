@@ -137,3 +137,54 @@ func (e redisErr) Error() string { return string(e) }
 func (redisErr) RedisError()     {}
 
 var _ redis.Error = redisErr("")
+
+// racingMarker is a hook that, before the first SETNX of the run marker,
+// sets the marker itself: another node that checked the namespace between
+// this Store's GET and SETNX.
+type racingMarker struct {
+	rdb   *redis.Client
+	key   string
+	value string
+	done  bool
+}
+
+func (h *racingMarker) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *racingMarker) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *racingMarker) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		args := cmd.Args()
+		nx := cmd.Name() == "setnx" || cmd.Name() == "set" && len(args) == 4 && fmt.Sprint(args[3]) == "nx"
+		if nx && !h.done {
+			h.done = true
+			if err := h.rdb.Set(ctx, h.key, h.value, 0).Err(); err != nil {
+				return err
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// TestCheckRunRace: when another node sets the missing marker between this
+// node's GET and SETNX, CheckRun compares with what that node set: the
+// same run ID is no purge, another one is.
+func TestCheckRunRace(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		theirs     string
+		wantPurged bool
+	}{{"run-1", false}, {"run-0", true}} {
+		b := redistest.Mini(t)
+		rdb := redistest.Client(t, b.Addr)
+		rdb.AddHook(&racingMarker{rdb: redistest.Client(t, b.Addr), key: "ns:run_id", value: tc.theirs})
+		s, err := New(rdb, &Options{Namespace: "ns", OpTimeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		purged, err := s.CheckRun(context.Background(), "run-1")
+		if err != nil || purged != tc.wantPurged {
+			t.Fatalf("marker set to %s meanwhile: CheckRun = %v, %v; want %v, nil", tc.theirs, purged, err, tc.wantPurged)
+		}
+	}
+}

@@ -30,16 +30,6 @@ func waitDelivered(t *testing.T, b *Bus, keys ...string) {
 	}
 }
 
-// nextOp returns the recorder's next call other than a reset.
-func nextOp(t *testing.T, r *recorder) event {
-	t.Helper()
-	for {
-		if e := r.next(t); e.op != "reset" {
-			return e
-		}
-	}
-}
-
 // TestOutboxDelivers: a queued key is pending until its Deliverer
 // succeeded, failures are retried with backoff, and the counters say so.
 func TestOutboxDelivers(t *testing.T) {
