@@ -153,6 +153,30 @@ func (s *Store) Persistence(ctx context.Context) string {
 	return strings.Join(on, ", ")
 }
 
+// RunID returns the run_id of the server the client reaches now (INFO
+// server), or "" when it reports none (miniredis, a server that refuses
+// INFO) or the client is a Cluster client (one run ID per shard).
+func (s *Store) RunID(ctx context.Context) (string, error) {
+	if s.cluster {
+		return "", nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	defer cancel()
+	info, err := s.rdb.Info(ctx, "server").Result()
+	if err != nil {
+		if errors.As(err, new(redis.Error)) {
+			return "", nil
+		}
+		return "", s.unavailable("INFO server", err)
+	}
+	for line := range strings.Lines(info) {
+		if id, ok := strings.CutPrefix(strings.TrimSpace(line), "run_id:"); ok {
+			return id, nil
+		}
+	}
+	return "", nil
+}
+
 // Ping checks that Redis answers, within OpTimeout.
 func (s *Store) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)

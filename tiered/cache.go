@@ -60,6 +60,12 @@ type Cache[V any] struct {
 	synced    atomic.Pointer[string]
 	syncMu    sync.Mutex
 	syncedCh  chan struct{}
+	// dials counts the connections the client made (a dial hook); a read
+	// that saw a dial since the last server check, or during its own call,
+	// does not trust Redis: the new connection may reach a server that
+	// restarted with old data before the bus noticed (see maintain.go).
+	// checkedDials is dials when the last check began.
+	dials, checkedDials atomic.Uint64
 	warned    bool          // persistence warning logged; maintenance goroutine only
 	kick      chan struct{} // wakes the maintenance goroutine; capacity 1
 	maintDone chan struct{}
@@ -133,6 +139,7 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 		}
 	}
 	c.unregister = c.bus.Register(o.Namespace, busHandler[V]{c})
+	rdb.AddHook(dialCounter{&c.dials})
 	go c.maintain()
 	c.kickMaintenance()
 	if !contextTimeouts(rdb) {

@@ -407,15 +407,20 @@ func TestFaultQueued(t *testing.T) {
 //     outbox and the purge make every read current within the error bound.
 //   - "empty": without persistence. Nothing old comes back; the run marker
 //     is gone with the rest, so it is set again without a purge.
+//   - "RDB, bus late": as "RDB", but every bus connection is frozen (a
+//     proxy that holds everything, the server's close included) through
+//     the restart, so no bus sees it: bus goroutines starved of CPU look
+//     the same. The nodes' new data connections alone must make them check
+//     the server before they read Redis.
 //
 // Every read from the kill on is judged: after an acknowledged Delete it
 // must be current (bound 0), after a failed one within errorBound.
 func TestFaultRestart(t *testing.T) {
-	for _, mode := range []string{"RDB", "AOF", "empty"} {
+	for _, mode := range []string{"RDB", "AOF", "empty", "RDB, bus late"} {
 		t.Run(mode, func(t *testing.T) {
 			var srv *redistest.Server
 			switch mode {
-			case "RDB":
+			case "RDB", "RDB, bus late":
 				srv = redistest.StartPersistent(t)
 			case "AOF":
 				srv = redistest.StartPersistent(t, "--appendonly", "yes", "--appendfsync", "always")
@@ -423,12 +428,23 @@ func TestFaultRestart(t *testing.T) {
 				srv = redistest.Start(t)
 			}
 			admin := redistest.Client(t, srv.Addr)
-			_, a, b := faultPair(t, srv.Addr)
+			db, a, b := faultPair(t, srv.Addr)
+			var busProxy *faultproxy.Proxy
+			if mode == "RDB, bus late" {
+				var err error
+				if busProxy, err = faultproxy.New(srv.Addr); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { busProxy.Close() })
+				late := &pubsub.Options{HealthInterval: time.Minute}
+				a = newFaultNodeBus(t, "A", srv.Addr, busProxy.Addr(), db, Options{}, late)
+				b = newFaultNodeBus(t, "B", srv.Addr, busProxy.Addr(), db, Options{}, late)
+			}
 			keys := numbered("r", 10)
 			warm(t, keys, a, b)
 			ctx := context.Background()
 			log := newStaleLog(0)
-			if mode == "RDB" {
+			if mode != "AOF" && mode != "empty" {
 				if err := admin.Save(ctx).Err(); err != nil {
 					t.Fatal(err)
 				}
@@ -440,6 +456,9 @@ func TestFaultRestart(t *testing.T) {
 					}
 				}
 				converge(t, keys, a, b)
+			}
+			if busProxy != nil {
+				busProxy.Freeze()
 			}
 			srv.Kill()
 			killed := time.Now()
@@ -472,6 +491,12 @@ func TestFaultRestart(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 			}
 			log.check(t)
+			if busProxy != nil {
+				if !a.c.Bus().Healthy() || !b.c.Bus().Healthy() {
+					t.Fatal("a bus noticed the restart: the test did not isolate a late bus")
+				}
+				busProxy.Thaw()
+			}
 			purges := a.c.Stats().Purges + b.c.Stats().Purges
 			if mode == "empty" && purges != 0 || mode != "empty" && purges == 0 {
 				t.Fatalf("%d purges after a restart %s", purges, mode)

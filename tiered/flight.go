@@ -54,23 +54,56 @@ func (c *Cache[V]) recheckL1(key string) (*entry[V], bool) {
 	return c.fromL1(key, now, c.bus.Proven(now))
 }
 
+// epoch is what a flight remembers of the cache when it begins reading:
+// a bus reset or a new connection since then means Redis may have changed
+// under it (see maintain.go and busHandler.Reset).
+type epoch struct{ resets, dials uint64 }
+
+func (c *Cache[V]) epoch() epoch { return epoch{c.resets.Load(), c.dials.Load()} }
+
+// changedSince reports whether the bus reset or the client opened a
+// connection since e.
+func (c *Cache[V]) changedSince(e epoch) bool { return c.epoch() != e }
+
+// errChanged is a read discarded because the client opened a connection
+// while it ran: it may have reached a restarted server (see maintain.go).
+var errChanged = errors.New("tiered: the redis client reconnected during the read")
+
+// readL2 is a flight's read of key from Redis, once Redis may be read
+// (l2Ready). It takes the fill ticket first, then checks the outbox (a
+// write queued after the check advances the key's guard, and the fill is
+// refused). A read during which the client opened a connection is
+// discarded and tried again after the server check, at most twice. It
+// returns the ticket, the epoch the read began in, and raw or an error:
+// errPending, errNotSynced, errBreakerOpen, errChanged, or the Store's.
+func (c *Cache[V]) readL2(ctx context.Context, key string) (l1.Ticket, epoch, []byte, error) {
+	for attempt := 0; ; attempt++ {
+		ready := c.l2Ready(ctx) // may wait for the bus: the read begins after it
+		t, e := c.begin(key), c.epoch()
+		if c.bus.Pending(c.o.Namespace, key) {
+			return t, e, nil, errPending
+		}
+		if ready != nil {
+			return t, e, nil, ready
+		}
+		raw, err := c.l2.Get(ctx, key)
+		c.l2Done("get", err)
+		if !c.changedSince(e) {
+			return t, e, raw, err
+		}
+		if attempt == 2 {
+			return t, e, nil, errChanged
+		}
+	}
+}
+
 // fetch is the flight of Get: L1 again, then Redis.
 func (c *Cache[V]) fetch(ctx context.Context, key string) (V, error) {
 	var zero V
 	if e, ok := c.recheckL1(key); ok {
 		return e.result()
 	}
-	if err := c.l2Ready(ctx); err != nil {
-		return zero, fmt.Errorf("%w: %w", ErrUnavailable, err)
-	}
-	// The ticket before the outbox check: a write queued after the check
-	// advances the key's guard, and the fill below is refused.
-	t := c.begin(key)
-	if c.bus.Pending(c.o.Namespace, key) {
-		return zero, fmt.Errorf("%w: %w", ErrUnavailable, errPending)
-	}
-	raw, err := c.l2.Get(ctx, key)
-	c.l2Done("get", err)
+	t, _, raw, err := c.readL2(ctx, key)
 	switch {
 	case errors.Is(err, l2.ErrMiss):
 		c.stats.misses.Add(1)
@@ -122,17 +155,10 @@ func (c *Cache[V]) load(ctx context.Context, key string, loader Loader[V]) (V, e
 	if e, ok := c.recheckL1(key); ok {
 		return e.result()
 	}
-	ready := c.l2Ready(ctx) // may wait for the bus: the load begins after it
-	t, resets := c.begin(key), c.resets.Load()
-	if c.bus.Pending(c.o.Namespace, key) { // after the ticket, as in fetch
-		return c.callLoader(ctx, key, loader)
-	}
-	if ready != nil {
-		return c.loadUnleased(ctx, t, key, loader)
-	}
-	raw, err := c.l2.Get(ctx, key)
-	c.l2Done("get", err)
+	t, e, raw, err := c.readL2(ctx, key)
 	switch {
+	case errors.Is(err, errPending):
+		return c.callLoader(ctx, key, loader)
 	case err == nil:
 		if v, err, ok := c.hit(ctx, t, key, raw); ok {
 			return v, err
@@ -141,13 +167,13 @@ func (c *Cache[V]) load(ctx context.Context, key string, loader Loader[V]) (V, e
 		return c.loadUnleased(ctx, t, key, loader)
 	}
 	c.stats.misses.Add(1)
-	return c.loadLeased(ctx, t, resets, key, loader)
+	return c.loadLeased(ctx, t, e, key, loader)
 }
 
 // loadLeased takes the key's lease and loads, or waits for the node that
-// holds it. See package l2 for the protocol. resets is c.resets when the
-// flight began.
-func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, resets uint64, key string, loader Loader[V]) (V, error) {
+// holds it. See package l2 for the protocol. e is the epoch the flight's
+// read began in.
+func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, e epoch, key string, loader Loader[V]) (V, error) {
 	woken := c.addWaiter(key)
 	defer c.removeWaiter(key, woken)
 	// A holder that neither fills nor releases lets its lease expire after
@@ -163,6 +189,9 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, resets uint64, k
 		}
 		switch res.State {
 		case l2.Found:
+			if c.changedSince(e) { // the value may come from a restarted server
+				return c.loadUnleased(ctx, t, key, loader)
+			}
 			if v, err, ok := c.hit(ctx, t, key, res.Value); ok {
 				return v, err
 			}
@@ -171,7 +200,7 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, resets uint64, k
 			}
 			continue
 		case l2.Acquired:
-			return c.loadAndFill(ctx, t, resets, key, loader, res.Lease)
+			return c.loadAndFill(ctx, t, e, key, loader, res.Lease)
 		}
 		// Held by another node: wait for its wake message, or poll.
 		if !waited {
@@ -198,10 +227,11 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, resets uint64, k
 
 // loadAndFill calls the loader while holding lease and stores the result in
 // Redis (if the lease still holds) and in L1 (if the guard allows). A load
-// during which the bus reset does not write Redis: the reset may stand for
-// a write this node never heard of, or for a server that came back with
-// the lease it had taken before a write deleted it.
-func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, resets uint64, key string, loader Loader[V], lease l2.Lease) (V, error) {
+// during which the bus reset or the client reconnected does not write
+// Redis: the reset may stand for a write this node never heard of, and a
+// restarted server may have come back with the lease this node had taken
+// before a write deleted it.
+func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, e epoch, key string, loader Loader[V], lease l2.Lease) (V, error) {
 	v, err := c.callLoader(ctx, key, loader)
 	// The bus does not deliver a node's own messages: wake the flights of
 	// this process that wait for this lease (a flight started after a write
@@ -218,7 +248,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, resets uint64, 
 	if (err != nil && !neg) || (neg && c.o.NegativeTTL < 0) {
 		return release()
 	}
-	if c.resets.Load() != resets || c.bus.Pending(c.o.Namespace, key) {
+	if c.changedSince(e) || c.bus.Pending(c.o.Namespace, key) {
 		c.stats.staleDiscards.Add(1)
 		return release()
 	}

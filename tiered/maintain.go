@@ -3,7 +3,11 @@ package tiered
 import (
 	"context"
 	"log/slog"
+	"net"
+	"sync/atomic"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // This file is the cache's maintenance goroutine: the server check that
@@ -12,15 +16,47 @@ import (
 //
 // The server check. A Redis restarted from an RDB or AOF file, or a replica
 // promoted by a failover, can bring back values that acknowledged writes
-// had removed; no invalidation will ever come for them. The bus reads the
-// server's run_id (INFO server) on every subscription, before it reports
-// healthy, and exposes it as its session. Before this cache reads Redis in a
-// session it compares the run_id with the namespace's run marker in Redis
+// had removed; no invalidation will ever come for them. Before this cache
+// reads Redis in a bus session, and again after the client opened any new
+// connection, the maintenance goroutine reads the server's run_id (INFO
+// server) and compares it with the namespace's run marker in Redis
 // (l2.Store.CheckRun): a different run ID means the server changed since
 // the namespace was last checked, and the namespace is purged. A missing
 // marker (a new namespace, or a server that came back empty) is just set.
 // Servers that report no run_id (miniredis, and Cluster clients, which have
 // one per shard) are not checked.
+//
+// Why new connections too: after a restart every connection is new, and a
+// pool connection can reach the restarted server before the bus goroutine
+// has seen its own connection drop (it may be starved of CPU, or its
+// connection may hang). A dial hook counts the client's connections; a
+// read that saw one since the last check waits for the next, and a read
+// during which one was made discards what it read.
+
+// dialCounter is a go-redis hook that counts successful dials.
+type dialCounter struct{ n *atomic.Uint64 }
+
+func (d dialCounter) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := next(ctx, network, addr)
+		if err == nil {
+			d.n.Add(1)
+		}
+		return conn, err
+	}
+}
+
+func (d dialCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (d dialCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// checked reports whether the current bus session and every connection
+// made so far have been checked.
+func (c *Cache[V]) checked(sess *string) bool {
+	return sess != nil && c.synced.Load() == sess && c.checkedDials.Load() == c.dials.Load()
+}
 
 // resyncTimeout bounds one server check, purge included.
 const resyncTimeout = 30 * time.Second
@@ -43,7 +79,7 @@ func (c *Cache[V]) maintain() {
 		case <-c.kick:
 		case <-probe.C:
 		}
-		if sess := c.bus.Session(); sess != nil && c.bus.Healthy() && c.synced.Load() != sess {
+		if sess := c.bus.Session(); sess != nil && c.bus.Healthy() && !c.checked(sess) {
 			c.resync(sess)
 		}
 		if !c.brk.allow() {
@@ -54,8 +90,8 @@ func (c *Cache[V]) maintain() {
 	}
 }
 
-// resync checks the server of bus session sess (see above) and records
-// that it was checked.
+// resync checks the server (see above) and records that bus session sess,
+// and the connections made before the check began, were checked.
 func (c *Cache[V]) resync(sess *string) {
 	ctx, cancel := context.WithTimeout(context.Background(), resyncTimeout)
 	defer cancel()
@@ -66,16 +102,22 @@ func (c *Cache[V]) resync(sess *string) {
 		case <-ctx.Done():
 		}
 	}()
-	if *sess != "" {
-		purged, err := c.l2.CheckRun(ctx, *sess)
+	dials := c.dials.Load()
+	runID, err := c.l2.RunID(ctx)
+	c.l2Done("server check", err)
+	if err != nil {
+		return // the next kick or tick tries again; reads skip Redis meanwhile
+	}
+	if runID != "" {
+		purged, err := c.l2.CheckRun(ctx, runID)
 		c.l2Done("server check", err)
 		if err != nil {
-			return // the next kick or tick tries again; reads skip Redis meanwhile
+			return
 		}
 		if purged {
 			c.stats.purges.Add(1)
 			c.log.Log(slog.LevelWarn, "tiered: redis server changed since the namespace was last checked (restart with persistence, or failover): namespace purged", nil,
-				slog.String("namespace", c.o.Namespace), slog.String("run_id", *sess))
+				slog.String("namespace", c.o.Namespace), slog.String("run_id", runID))
 		}
 	}
 	if !c.warned {
@@ -87,6 +129,7 @@ func (c *Cache[V]) resync(sess *string) {
 	}
 	c.syncMu.Lock()
 	c.synced.Store(sess)
+	c.checkedDials.Store(dials)
 	close(c.syncedCh)
 	c.syncedCh = make(chan struct{})
 	c.syncMu.Unlock()
@@ -98,7 +141,7 @@ func (c *Cache[V]) resync(sess *string) {
 // has been down for longer than OpTimeout is not waited for at all: Redis
 // is probably down with it, and every read would pay OpTimeout.
 func (c *Cache[V]) waitSynced(ctx context.Context) bool {
-	if sess := c.bus.Session(); sess != nil && c.bus.Healthy() && c.synced.Load() == sess {
+	if c.bus.Healthy() && c.checked(c.bus.Session()) {
 		return true
 	}
 	if c.bus.DownFor() > c.o.OpTimeout {
@@ -110,9 +153,8 @@ func (c *Cache[V]) waitSynced(ctx context.Context) bool {
 		if c.bus.WaitHealthy(ctx) != nil {
 			return false
 		}
-		sess := c.bus.Session()
 		c.syncMu.Lock()
-		ok, ch := c.synced.Load() == sess, c.syncedCh
+		ok, ch := c.checked(c.bus.Session()), c.syncedCh
 		c.syncMu.Unlock()
 		if ok {
 			return true
