@@ -57,18 +57,18 @@ type Cache[V any] struct {
 	// cache has checked for a restart with old data; Redis is read only
 	// while it is the current one. syncMu guards syncedCh, closed and
 	// replaced whenever synced changes.
-	synced    atomic.Pointer[string]
-	syncMu    sync.Mutex
-	syncedCh  chan struct{}
+	synced   atomic.Pointer[string]
+	syncMu   sync.Mutex
+	syncedCh chan struct{}
 	// dials counts the connections the client made (a dial hook); a read
 	// that saw a dial since the last server check, or during its own call,
 	// does not trust Redis: the new connection may reach a server that
 	// restarted with old data before the bus noticed (see maintain.go).
 	// checkedDials is dials when the last check began.
 	dials, checkedDials atomic.Uint64
-	warned    bool          // persistence warning logged; maintenance goroutine only
-	kick      chan struct{} // wakes the maintenance goroutine; capacity 1
-	maintDone chan struct{}
+	warned              bool          // persistence warning logged; maintenance goroutine only
+	kick                chan struct{} // wakes the maintenance goroutine; capacity 1
+	maintDone           chan struct{}
 
 	stats counters
 
