@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -177,7 +176,6 @@ type Bus struct {
 	downAt  atomic.Int64  // mono time the bus last became unhealthy (or was created)
 	hinted  atomic.Bool   // a reader asked for a fresh proof; cleared by the pinger
 	hint    chan struct{} // wakes the pinger; capacity 1
-	runID   atomic.Pointer[string]
 
 	mu       sync.Mutex                    // guards the fields below
 	handlers map[string]map[*regEntry]bool // by namespace
@@ -277,12 +275,11 @@ func (b *Bus) ProofAge() time.Duration {
 	return time.Duration(mono.Now() - p)
 }
 
-// Session returns a pointer that identifies the current subscription and
-// holds the run ID of the server it is on ("" when the server does not
-// report one, or for a Cluster client), or nil before the first
-// confirmation. Each confirmation stores a new pointer, even for the same
-// server, so a cache can tell whether it has checked the current session.
-func (b *Bus) Session() *string { return b.runID.Load() }
+// Session returns the number of the current subscription: it changes with
+// every confirmed (re)subscription, before the bus reports healthy, and is
+// 0 before the first. A cache uses it to tell whether it has checked the
+// server since the last gap.
+func (b *Bus) Session() uint64 { return b.subscribed.Load() }
 
 // WaitHealthy blocks until the bus is healthy, ctx is done (returning its
 // error), or the bus is closed ([ErrClosed]).
@@ -412,10 +409,9 @@ func (b *Bus) setDown() {
 	}
 }
 
-// setUp records the session, resets every handler, then reports healthy;
-// the proof follows with the first PONG.
-func (b *Bus) setUp(runID string) {
-	b.runID.Store(&runID)
+// setUp resets every handler, then reports healthy; the proof follows with
+// the first PONG.
+func (b *Bus) setUp() {
 	b.resetHandlers("", true)
 	b.mu.Lock()
 	if !b.healthy.Load() {
@@ -472,9 +468,8 @@ func (b *Bus) run(ctx context.Context) {
 }
 
 var (
-	errSilent        = errors.New("pubsub: subscription silent for two health intervals")
-	errNotConfirmed  = errors.New("pubsub: SUBSCRIBE not confirmed within a health interval")
-	errUnknownServer = errors.New("pubsub: cannot read the server's run ID")
+	errSilent       = errors.New("pubsub: subscription silent for two health intervals")
+	errNotConfirmed = errors.New("pubsub: SUBSCRIBE not confirmed within a health interval")
 )
 
 // receive reads from ps until ctx is done or ps must be replaced, and says
@@ -514,13 +509,9 @@ func (b *Bus) receive(ctx context.Context, ps *redis.PubSub, bo *backoff) error 
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			if m.Kind == "subscribe" && m.Channel == b.o.Channel && !confirmed {
-				runID, err := b.serverRunID(ctx)
-				if err != nil {
-					return err
-				}
 				confirmed = true
 				b.subscribed.Add(1)
-				b.setUp(runID)
+				b.setUp()
 				bo.reset()
 			}
 		case *redis.Message:
@@ -531,31 +522,6 @@ func (b *Bus) receive(ctx context.Context, ps *redis.PubSub, bo *backoff) error 
 			}
 		}
 	}
-}
-
-// serverRunID returns the run_id of the server the client reaches, from
-// INFO server: a restart or failover changes it. A Cluster client has one
-// per shard and reports ""; so does a server whose INFO has none
-// (miniredis).
-func (b *Bus) serverRunID(ctx context.Context) (string, error) {
-	if _, ok := b.rdb.(*redis.ClusterClient); ok {
-		return "", nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, b.o.HealthInterval)
-	defer cancel()
-	info, err := b.rdb.Info(ctx, "server").Result()
-	if err != nil {
-		if errors.As(err, new(redis.Error)) {
-			return "", nil // INFO refused (renamed, ACL, a server without it)
-		}
-		return "", errors.Join(errUnknownServer, err)
-	}
-	for line := range strings.Lines(info) {
-		if id, ok := strings.CutPrefix(strings.TrimSpace(line), "run_id:"); ok {
-			return id, nil
-		}
-	}
-	return "", nil
 }
 
 // pinger sends PINGs on the subscription connection, each carrying its send

@@ -166,46 +166,42 @@ func (o *outbox) pendingLocked(namespace, key string) bool {
 	return ok
 }
 
-// WaitDelivered blocks until none of keys of namespace is pending (nil), or
-// ctx ends (its error).
+// WaitDelivered blocks until none of keys of namespace is pending (nil),
+// ctx ends (its error), or the bus is closed (ErrClosed; what was pending
+// is then dropped).
 func (b *Bus) WaitDelivered(ctx context.Context, namespace string, keys []string) error {
-	o := b.outbox
-	for {
-		o.mu.Lock()
-		pending := false
+	return b.outbox.wait(ctx, func() bool {
 		for _, k := range keys {
-			if o.pendingLocked(namespace, k) {
-				pending = true
-				break
+			if b.outbox.pendingLocked(namespace, k) {
+				return true
 			}
 		}
-		ch := o.changed
-		o.mu.Unlock()
-		if !pending {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+		return false
+	})
 }
 
 // Flush waits until nothing of namespace is pending, ctx ends, or the bus
 // is closed. A cache calls it from Close, before it unregisters.
 func (b *Bus) Flush(ctx context.Context, namespace string) error {
-	o := b.outbox
+	return b.outbox.wait(ctx, func() bool {
+		if b.outbox.purge[namespace] {
+			return true
+		}
+		for nk := range b.outbox.keys {
+			if nk.ns == namespace {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// wait blocks until pendingLocked, called with mu held, reports false (nil),
+// ctx ends, or the outbox is done while something is still pending.
+func (o *outbox) wait(ctx context.Context, pendingLocked func() bool) error {
 	for {
 		o.mu.Lock()
-		pending := o.purge[namespace]
-		for nk := range o.keys {
-			if pending {
-				break
-			}
-			pending = nk.ns == namespace
-		}
-		ch := o.changed
+		pending, ch := pendingLocked(), o.changed
 		o.mu.Unlock()
 		if !pending {
 			return nil
@@ -213,7 +209,13 @@ func (b *Bus) Flush(ctx context.Context, namespace string) error {
 		select {
 		case <-ch:
 		case <-o.done:
-			return ErrClosed
+			o.mu.Lock()
+			pending = pendingLocked()
+			o.mu.Unlock()
+			if pending {
+				return ErrClosed
+			}
+			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -53,11 +53,11 @@ type Cache[V any] struct {
 
 	brk breaker
 
-	// synced is the bus session (see pubsub.Bus.Session) whose server this
-	// cache has checked for a restart with old data; Redis is read only
-	// while it is the current one. syncMu guards syncedCh, closed and
-	// replaced whenever synced changes.
-	synced   atomic.Pointer[string]
+	// synced is the bus session (see pubsub.Bus.Session) in which this
+	// cache last checked the server for a restart with old data; Redis is
+	// read only while it is the current one. syncMu guards syncedCh, closed
+	// and replaced whenever synced changes.
+	synced   atomic.Uint64
 	syncMu   sync.Mutex
 	syncedCh chan struct{}
 	// dials counts the connections the client made (a dial hook); a read
@@ -349,12 +349,14 @@ func newFlights(now int64) *flights {
 // the flight may return what was there before. Every write this node hears
 // of forgets its keys' flights (see written), and while the bus proves L1
 // fresh it has heard of every write acknowledged more than MaxStaleness
-// ago. Without that proof it may have missed some, so flights are then
-// joinable for at most MaxStaleness/2: an older generation is replaced,
+// ago. Without that proof it may have missed some, so a generation of
+// flights is then joinable for at most MaxStaleness after it was created:
+// a flight in it began less than MaxStaleness before the caller, and saw
+// every write acknowledged before that. An older generation is replaced,
 // and its flights finish for the callers they have.
 func (c *Cache[V]) flightsFor(now int64, proven bool) *flights {
 	f := c.flights.Load()
-	if proven || now-f.born <= int64(c.o.MaxStaleness)/2 {
+	if proven || now-f.born <= int64(c.o.MaxStaleness) {
 		return f
 	}
 	if nf := newFlights(now); c.flights.CompareAndSwap(f, nf) {

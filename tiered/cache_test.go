@@ -195,8 +195,11 @@ func TestLoaderPanic(t *testing.T) {
 		c, rdb := newNode[Product](t, b.Addr, Options{})
 		boom := errors.New("boom")
 		started, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
 		db := LoaderFunc[Product](func(ctx context.Context, key string) (Product, error) {
-			close(started)
+			// A waiter that arrives after the flight ended starts one of its
+			// own, whose loader panics the same way.
+			once.Do(func() { close(started) })
 			<-release
 			panic(boom)
 		})
@@ -230,8 +233,10 @@ func TestLoaderPanic(t *testing.T) {
 		if err != nil || p.ID != 2 {
 			t.Fatalf("load after panic = %+v, %v", p, err)
 		}
-		if s := c.Stats(); s.LoadErrors != 1 {
-			t.Fatalf("LoadErrors = %d, want 1", s.LoadErrors)
+		// Every panicking call counts as a load error (usually one; a waiter
+		// that arrived after the first flight ended ran a second).
+		if s := c.Stats(); s.LoadErrors == 0 || s.LoadErrors != s.Loads-1 {
+			t.Fatalf("LoadErrors = %d of %d loads, want all but the last", s.LoadErrors, s.Loads)
 		}
 	})
 }

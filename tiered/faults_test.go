@@ -472,12 +472,9 @@ func TestFaultRestart(t *testing.T) {
 			if err := srv.Restart(); err != nil {
 				t.Fatal(err)
 			}
-			// The old value must be back (for AOF: in the file it replays,
-			// since the outbox may delete it before this line runs).
-			old, _ := admin.Exists(ctx, "faults:{"+keys[0]+"}").Result()
-			if mode == "AOF" {
-				old = int64(bytes.Count(srv.Files(t), []byte("faults:{"+keys[0]+"}")))
-			}
+			// The old value must be back. Look in the files the server loaded
+			// (RDB, AOF): in Redis it may already be purged or delivered.
+			old := bytes.Count(srv.Files(t), []byte("faults:{"+keys[0]+"}"))
 			if (mode == "empty") != (old == 0) {
 				t.Fatalf("after the restart the old value exists: %d; the test would prove nothing", old)
 			}
@@ -524,7 +521,7 @@ func TestFaultReadDuringGap(t *testing.T) {
 			a := newFaultNode(t, "A", srv.Addr, srv.Addr, db, Options{})
 			// "bus frozen": B's bus stays healthy (a long health interval)
 			// but cannot prove itself fresh, so only the rule that flights
-			// are joinable for MaxStaleness/2 while unproven protects it.
+			// are joinable for MaxStaleness while unproven protects it.
 			b := newFaultNodeBus(t, "B", srv.Addr, p.Addr(), db, Options{}, &pubsub.Options{HealthInterval: time.Minute})
 			ctx := context.Background()
 			db.bump("g")

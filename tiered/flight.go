@@ -55,26 +55,38 @@ func (c *Cache[V]) recheckL1(key string) (*entry[V], bool) {
 }
 
 // epoch is what a flight remembers of the cache when it begins reading:
-// a bus reset or a new connection since then means Redis may have changed
-// under it (see maintain.go and busHandler.Reset).
-type epoch struct{ resets, dials uint64 }
+// the bus's resets, the client's connections and the namespace's purges.
+type epoch struct{ resets, dials, purges uint64 }
 
-func (c *Cache[V]) epoch() epoch { return epoch{c.resets.Load(), c.dials.Load()} }
+func (c *Cache[V]) epoch() epoch {
+	return epoch{c.resets.Load(), c.dials.Load(), c.stats.purges.Load()}
+}
 
-// changedSince reports whether the bus reset or the client opened a
-// connection since e.
-func (c *Cache[V]) changedSince(e epoch) bool { return c.epoch() != e }
+// validSince reports whether what a flight read from Redis since e can be
+// trusted: the bus has not reset (it may stand for a write this node never
+// heard of), and if the client opened a connection meanwhile (it may reach
+// a server that restarted with old data), the server check that follows
+// has passed without purging the namespace. It waits for that check at
+// most OpTimeout.
+func (c *Cache[V]) validSince(ctx context.Context, e epoch) bool {
+	if c.resets.Load() != e.resets {
+		return false
+	}
+	if c.dials.Load() != e.dials && !c.waitSynced(ctx) {
+		return false
+	}
+	return c.stats.purges.Load() == e.purges && c.resets.Load() == e.resets
+}
 
-// errChanged is a read discarded because the client opened a connection
-// while it ran: it may have reached a restarted server (see maintain.go).
-var errChanged = errors.New("tiered: the redis client reconnected during the read")
+// errChanged is a read discarded because Redis may have changed under it
+// (see validSince).
+var errChanged = errors.New("tiered: redis may have restarted during the read")
 
 // readL2 is a flight's read of key from Redis, once Redis may be read
 // (l2Ready). It takes the fill ticket first, then checks the outbox (a
 // write queued after the check advances the key's guard, and the fill is
-// refused). A read during which the client opened a connection is
-// discarded and tried again after the server check, at most twice. It
-// returns the ticket, the epoch the read began in, and raw or an error:
+// refused). A read that validSince rejects is tried again, at most twice.
+// It returns the ticket, the epoch the read began in, and raw or an error:
 // errPending, errNotSynced, errBreakerOpen, errChanged, or the Store's.
 func (c *Cache[V]) readL2(ctx context.Context, key string) (l1.Ticket, epoch, []byte, error) {
 	for attempt := 0; ; attempt++ {
@@ -88,7 +100,7 @@ func (c *Cache[V]) readL2(ctx context.Context, key string) (l1.Ticket, epoch, []
 		}
 		raw, err := c.l2.Get(ctx, key)
 		c.l2Done("get", err)
-		if !c.changedSince(e) {
+		if c.validSince(ctx, e) {
 			return t, e, raw, err
 		}
 		if attempt == 2 {
@@ -189,7 +201,7 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, e epoch, key str
 		}
 		switch res.State {
 		case l2.Found:
-			if c.changedSince(e) { // the value may come from a restarted server
+			if !c.validSince(ctx, e) { // the value may come from a restarted server
 				return c.loadUnleased(ctx, t, key, loader)
 			}
 			if v, err, ok := c.hit(ctx, t, key, res.Value); ok {
@@ -248,7 +260,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, e epoch, key st
 	if (err != nil && !neg) || (neg && c.o.NegativeTTL < 0) {
 		return release()
 	}
-	if c.changedSince(e) || c.bus.Pending(c.o.Namespace, key) {
+	if !c.validSince(ctx, e) || c.bus.Pending(c.o.Namespace, key) {
 		c.stats.staleDiscards.Add(1)
 		return release()
 	}

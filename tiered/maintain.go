@@ -54,8 +54,8 @@ func (d dialCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 
 // checked reports whether the current bus session and every connection
 // made so far have been checked.
-func (c *Cache[V]) checked(sess *string) bool {
-	return sess != nil && c.synced.Load() == sess && c.checkedDials.Load() == c.dials.Load()
+func (c *Cache[V]) checked(sess uint64) bool {
+	return sess != 0 && c.synced.Load() == sess && c.checkedDials.Load() == c.dials.Load()
 }
 
 // resyncTimeout bounds one server check, purge included.
@@ -79,7 +79,7 @@ func (c *Cache[V]) maintain() {
 		case <-c.kick:
 		case <-probe.C:
 		}
-		if sess := c.bus.Session(); sess != nil && c.bus.Healthy() && !c.checked(sess) {
+		if sess := c.bus.Session(); sess != 0 && c.bus.Healthy() && !c.checked(sess) {
 			c.resync(sess)
 		}
 		if !c.brk.allow() {
@@ -92,7 +92,7 @@ func (c *Cache[V]) maintain() {
 
 // resync checks the server (see above) and records that bus session sess,
 // and the connections made before the check began, were checked.
-func (c *Cache[V]) resync(sess *string) {
+func (c *Cache[V]) resync(sess uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), resyncTimeout)
 	defer cancel()
 	go func() { // Close must not wait for a purge
