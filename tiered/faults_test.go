@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -502,6 +503,66 @@ func TestFaultRestart(t *testing.T) {
 			t.Logf("restarted %v after the kill; A %+v", time.Since(killed).Round(time.Millisecond), a.c.Stats())
 		})
 	}
+}
+
+// TestFaultFailover: a failover, without Sentinel's machinery: the nodes
+// reach Redis through an address (a proxy) that moves from the primary to a
+// replica promoted when the primary dies. The replica stopped replicating
+// before 5 acknowledged Deletes (replication lag, at its worst), so it
+// comes up with the deleted values, the namespace's run marker of the
+// primary, and another run_id: the caches purge the namespace, and no read
+// from the kill on returns a deleted value.
+func TestFaultFailover(t *testing.T) {
+	primary, replica := redistest.Start(t), redistest.Start(t)
+	adminR := redistest.Client(t, replica.Addr)
+	ctx := context.Background()
+	host, port, _ := net.SplitHostPort(primary.Addr)
+	if err := adminR.Do(ctx, "REPLICAOF", host, port).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := faultproxy.New(primary.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	_, a, b := faultPair(t, p.Addr())
+	keys := numbered("f", 10)
+	warm(t, keys, a, b)
+	waitFor(t, 10*time.Second, "the replica to have every value", func() bool {
+		n, _ := adminR.Exists(ctx, "faults:run_id", "faults:{"+keys[0]+"}", "faults:{"+keys[9]+"}").Result()
+		return n == 3
+	})
+	if err := adminR.Do(ctx, "REPLICAOF", "NO", "ONE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	log := newStaleLog(0)
+	for _, k := range keys[:5] {
+		if err := a.write(log, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	converge(t, keys, a, b)
+	if n, _ := adminR.Exists(ctx, "faults:{"+keys[0]+"}").Result(); n != 1 {
+		t.Fatal("the replica lost the deleted value: the test would prove nothing")
+	}
+
+	primary.Kill()
+	p.SetTarget(replica.Addr)
+	p.CutAll()
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, n := range []*faultNode{a, b} {
+			for _, k := range keys {
+				n.read(t, log, k)
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	log.check(t)
+	if a.c.Stats().Purges+b.c.Stats().Purges == 0 {
+		t.Fatal("no node purged the namespace after the failover")
+	}
+	converge(t, keys, a, b)
 }
 
 // TestFaultReadDuringGap: a load began before a Delete that its node

@@ -85,7 +85,7 @@ func (s Scope) String() string {
 // may be called at any time; after Close, those that change modes, latency
 // or connections have no effect.
 type Proxy struct {
-	target string
+	target atomic.Pointer[string] // dialed for each new connection; SetTarget changes it
 	ln     net.Listener
 
 	latency  atomic.Int64 // time.Duration added client→server
@@ -112,7 +112,8 @@ func New(target string) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("faultproxy: %w", err)
 	}
-	p := &Proxy{target: target, ln: ln, conns: make(map[*conn]struct{})}
+	p := &Proxy{ln: ln, conns: make(map[*conn]struct{})}
+	p.target.Store(&target)
 	p.wg.Go(p.serve)
 	return p, nil
 }
@@ -122,7 +123,12 @@ func New(target string) (*Proxy, error) {
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
 // Target returns the address the proxy forwards to.
-func (p *Proxy) Target() string { return p.target }
+func (p *Proxy) Target() string { return *p.target.Load() }
+
+// SetTarget makes connections accepted from now on forward to addr, as a
+// failover moves a service's address to another server. Open connections
+// keep their server; CutAll ends them.
+func (p *Proxy) SetTarget(addr string) { p.target.Store(&addr) }
 
 // Accepted returns how many connections the proxy has accepted.
 func (p *Proxy) Accepted() int64 { return p.accepted.Load() }
@@ -344,7 +350,7 @@ func (c *conn) run() {
 	ctx, cancel := context.WithTimeout(c.ctx, DialTimeout)
 	defer cancel()
 	var d net.Dialer
-	server, err := d.DialContext(ctx, "tcp", c.p.target)
+	server, err := d.DialContext(ctx, "tcp", c.p.Target())
 	if err != nil {
 		c.teardown(false)
 		return

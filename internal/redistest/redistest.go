@@ -35,7 +35,8 @@ type Server struct {
 	cmd      *exec.Cmd
 	dir      string
 	extra    []string // arguments after the defaults; Restart passes them again
-	waitExit chan error
+	waitExit chan error // receives cmd.Wait's result once; see killed
+	killed   bool       // Kill received it: the process is gone until Restart
 	stopped  bool
 	ownsDir  bool // Stop removes dir
 }
@@ -44,8 +45,12 @@ type Server struct {
 // directory (and any RDB file in it) for Restart. Not safe for concurrent
 // use with Stop or Restart.
 func (s *Server) Kill() {
+	if s.killed || s.stopped {
+		return
+	}
 	_ = s.cmd.Process.Kill()
 	<-s.waitExit
+	s.killed = true
 }
 
 // Restart starts a new server on the same port, directory and arguments,
@@ -60,7 +65,7 @@ func (s *Server) Restart() error {
 	if err != nil {
 		return err
 	}
-	s.cmd, s.waitExit = n.cmd, n.waitExit
+	s.cmd, s.waitExit, s.killed = n.cmd, n.waitExit, false
 	return nil
 }
 
@@ -110,8 +115,10 @@ func (s *Server) Stop() {
 		return
 	}
 	s.stopped = true
-	_ = s.cmd.Process.Kill()
-	<-s.waitExit
+	if !s.killed {
+		_ = s.cmd.Process.Kill()
+		<-s.waitExit
+	}
 	if s.ownsDir {
 		_ = os.RemoveAll(s.dir)
 	}
