@@ -34,7 +34,7 @@ type Server struct {
 	Addr     string
 	cmd      *exec.Cmd
 	dir      string
-	extra    []string // arguments after the defaults; Restart passes them again
+	extra    []string   // arguments after the defaults; Restart passes them again
 	waitExit chan error // receives cmd.Wait's result once; see killed
 	killed   bool       // Kill received it: the process is gone until Restart
 	stopped  bool
