@@ -234,6 +234,20 @@ func workload(t *testing.T, log *staleLog, keys []string, writer *faultNode, rea
 	return failed, wg.Wait
 }
 
+// readAll reads every key on every node, every 5ms for d, judging each
+// read in log.
+func readAll(t *testing.T, log *staleLog, d time.Duration, keys []string, nodes ...*faultNode) {
+	t.Helper()
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); {
+		for _, n := range nodes {
+			for _, k := range keys {
+				n.read(t, log, k)
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // warm reads every key on every node until each serves it from L1.
 func warm(t *testing.T, keys []string, nodes ...*faultNode) {
 	t.Helper()
@@ -479,15 +493,7 @@ func TestFaultRestart(t *testing.T) {
 			if (mode == "empty") != (old == 0) {
 				t.Fatalf("after the restart the old value exists: %d; the test would prove nothing", old)
 			}
-			deadline := time.Now().Add(3 * time.Second)
-			for time.Now().Before(deadline) {
-				for _, n := range []*faultNode{a, b} {
-					for _, k := range keys {
-						n.read(t, log, k)
-					}
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			readAll(t, log, 3*time.Second, keys, a, b)
 			log.check(t)
 			if busProxy != nil {
 				if !a.c.Bus().Healthy() || !b.c.Bus().Healthy() {
@@ -549,15 +555,7 @@ func TestFaultFailover(t *testing.T) {
 	primary.Kill()
 	p.SetTarget(replica.Addr)
 	p.CutAll()
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, n := range []*faultNode{a, b} {
-			for _, k := range keys {
-				n.read(t, log, k)
-			}
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	readAll(t, log, 3*time.Second, keys, a, b)
 	log.check(t)
 	if a.c.Stats().Purges+b.c.Stats().Purges == 0 {
 		t.Fatal("no node purged the namespace after the failover")
