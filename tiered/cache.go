@@ -474,9 +474,12 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 	delivered, cause := c.write(ctx, "delete", keys, func(wctx context.Context) error {
 		return c.l2.Delete(wctx, keys, ann)
 	})
-	c.dropL1(keys...)
-	c.written(keys...)
-	if cause == nil || delivered {
+	switch {
+	case cause == nil:
+		c.dropL1(keys...)
+		c.written(keys...)
+		return nil
+	case delivered: // write dropped and forgot the keys when it queued them
 		return nil
 	}
 	return fmt.Errorf("%w: %w: %w", ErrQueued, ErrUnavailable, cause)

@@ -171,6 +171,19 @@ func newFaultNodeBus(t *testing.T, name, dataAddr, busAddr string, db *memDB, op
 	return &faultNode{name: name, c: c, db: db}
 }
 
+// proxied starts a redis-server and a faultproxy in front of it; both stop
+// when t ends.
+func proxied(t *testing.T) (*redistest.Server, *faultproxy.Proxy) {
+	t.Helper()
+	srv := redistest.Start(t)
+	p, err := faultproxy.New(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return srv, p
+}
+
 // faultPair returns two nodes, A and B, on addr with default options, and
 // their database.
 func faultPair(t *testing.T, addr string) (*memDB, *faultNode, *faultNode) {
@@ -327,12 +340,7 @@ func TestFaultPause(t *testing.T) {
 // other node sees them within MaxStaleness. Before, every Delete failed
 // after OpTimeout and the other node stayed stale.
 func TestFaultLatency(t *testing.T) {
-	srv := redistest.Start(t)
-	p, err := faultproxy.New(srv.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
+	srv, p := proxied(t)
 	db := newMemDB()
 	a := newFaultNode(t, "A", p.Addr(), srv.Addr, db, Options{})
 	b := newFaultNode(t, "B", srv.Addr, srv.Addr, db, Options{})
@@ -362,12 +370,7 @@ func TestFaultLatency(t *testing.T) {
 // old value then. Before, the failed Delete was never retried and the
 // other node served the old value until L1TTL.
 func TestFaultQueued(t *testing.T) {
-	srv := redistest.Start(t)
-	p, err := faultproxy.New(srv.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
+	srv, p := proxied(t)
 	db := newMemDB()
 	a := newFaultNode(t, "A", p.Addr(), srv.Addr, db, Options{WriteTimeout: 300 * time.Millisecond})
 	b := newFaultNode(t, "B", srv.Addr, srv.Addr, db, Options{})
@@ -378,7 +381,7 @@ func TestFaultQueued(t *testing.T) {
 	p.Silence()
 	v := db.bump("q")
 	start := time.Now()
-	err = a.c.Delete(ctx, "q")
+	err := a.c.Delete(ctx, "q")
 	if !errors.Is(err, ErrQueued) || !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Delete with Redis silent = %v, want ErrQueued and ErrUnavailable", err)
 	}
@@ -570,12 +573,7 @@ func TestFaultFailover(t *testing.T) {
 func TestFaultReadDuringGap(t *testing.T) {
 	for _, when := range []string{"during the gap", "after the resubscription", "bus frozen"} {
 		t.Run(when, func(t *testing.T) {
-			srv := redistest.Start(t)
-			p, err := faultproxy.New(srv.Addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { p.Close() })
+			srv, p := proxied(t)
 			db := newMemDB()
 			a := newFaultNode(t, "A", srv.Addr, srv.Addr, db, Options{})
 			// "bus frozen": B's bus stays healthy (a long health interval)
@@ -658,12 +656,7 @@ func TestFaultBreaker(t *testing.T) {
 		busToo bool
 	}{{"data silent", false}, {"all silent", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := redistest.Start(t)
-			p, err := faultproxy.New(srv.Addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { p.Close() })
+			srv, p := proxied(t)
 			db := newMemDB()
 			busAddr := srv.Addr
 			if tc.busToo {
@@ -722,12 +715,7 @@ func TestFaultBreaker(t *testing.T) {
 // the namespace from Redis or L1; when Redis answers, the namespace is
 // purged and every other node drops its L1 of it (a Flush message).
 func TestFaultOutboxOverflow(t *testing.T) {
-	srv := redistest.Start(t)
-	p, err := faultproxy.New(srv.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
+	srv, p := proxied(t)
 	db := newMemDB()
 	a := newFaultNodeBus(t, "A", p.Addr(), srv.Addr, db, Options{WriteTimeout: 100 * time.Millisecond},
 		&pubsub.Options{HealthInterval: 200 * time.Millisecond, OutboxSize: 2})
