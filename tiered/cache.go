@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/tieredcache/tiered/internal/mono"
 	"github.com/tieredcache/tiered/internal/ratelog"
@@ -43,7 +42,7 @@ type Cache[V any] struct {
 
 	// flights are the flights a caller may join; replaced when the bus
 	// resets, and while the bus cannot prove L1 fresh (see flightsFor).
-	flights atomic.Pointer[flights]
+	flights atomic.Pointer[flights[V]]
 	// resets counts the bus's resets; a load that saw a reset since it
 	// began does not write Redis.
 	resets atomic.Uint64
@@ -122,7 +121,7 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 	if o.BreakerFailures < 0 {
 		c.brk.threshold = math.MaxInt64
 	}
-	c.flights.Store(newFlights(mono.Now()))
+	c.flights.Store(newFlights[V](mono.Now()))
 	if !o.DisableL1 {
 		c.l1, err = l1.New[*entry[V]](&l1.Options{MaxBytes: o.L1MaxBytes, NumCounters: o.L1NumCounters})
 		if err != nil {
@@ -278,6 +277,12 @@ func (e *entry[V]) result() (V, error) {
 	return e.v, nil
 }
 
+// outcome returns what an L1 entry means to a flight.
+func (e *entry[V]) outcome() outcome[V] {
+	v, err := e.result()
+	return outcome[V]{v: v, err: err}
+}
+
 // Get returns the value of key from L1 or Redis. It returns ErrNotFound on
 // a miss (or a cached "not found"), an error wrapping ErrUnavailable when
 // Redis failed, and ErrKeyEmpty, ErrKeyTooLong or ErrClosed.
@@ -291,7 +296,7 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 	if e, ok := c.fromL1(key, now, proven); ok {
 		return e.result()
 	}
-	return c.flight(ctx, c.flightsFor(now, proven).fetches, key, func(fctx context.Context) (V, error) {
+	return c.flight(ctx, &c.flightsFor(now, proven).fetches, key, func(fctx context.Context) outcome[V] {
 		return c.fetch(fctx, key)
 	})
 }
@@ -327,20 +332,20 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, loader Loader[V]) 
 		var zero V
 		return zero, errors.New("tiered: nil loader")
 	}
-	return c.flight(ctx, c.flightsFor(now, proven).loads, key, func(fctx context.Context) (V, error) {
+	return c.flight(ctx, &c.flightsFor(now, proven).loads, key, func(fctx context.Context) outcome[V] {
 		return c.load(fctx, key, loader)
 	})
 }
 
 // flights is one generation of the flights callers may join.
-type flights struct {
-	loads   *singleflight.Group // GetOrLoad flights, by key
-	fetches *singleflight.Group // Get flights, by key
-	born    int64               // mono time of the generation's creation
+type flights[V any] struct {
+	loads   group[V] // GetOrLoad and GetMany flights, by key
+	fetches group[V] // Get and GetManyCached flights, by key
+	born    int64    // mono time of the generation's creation
 }
 
-func newFlights(now int64) *flights {
-	return &flights{loads: new(singleflight.Group), fetches: new(singleflight.Group), born: now}
+func newFlights[V any](now int64) *flights[V] {
+	return &flights[V]{born: now}
 }
 
 // flightsFor returns the flights a caller arriving at now may join.
@@ -354,54 +359,73 @@ func newFlights(now int64) *flights {
 // a flight in it began less than MaxStaleness before the caller, and saw
 // every write acknowledged before that. An older generation is replaced,
 // and its flights finish for the callers they have.
-func (c *Cache[V]) flightsFor(now int64, proven bool) *flights {
+func (c *Cache[V]) flightsFor(now int64, proven bool) *flights[V] {
 	f := c.flights.Load()
 	if proven || now-f.born <= int64(c.o.MaxStaleness) {
 		return f
 	}
-	if nf := newFlights(now); c.flights.CompareAndSwap(f, nf) {
+	if nf := newFlights[V](now); c.flights.CompareAndSwap(f, nf) {
 		return nf
 	}
 	return c.flights.Load()
 }
 
-// flight runs fn once for all concurrent callers of key in g. fn runs on a
-// context that keeps ctx's values but not its cancellation, so that one
-// caller leaving does not fail the others.
+// flight runs fn once for all concurrent callers of key in g (see
+// group.go). fn runs on a context that keeps ctx's values but not its
+// cancellation, so that one caller leaving does not fail the others.
 //
-// A caller whose ctx can be cancelled waits through DoChan on its own ctx
-// and may leave early; the flight then runs on a goroutine of its own. A
+// A caller whose ctx can be cancelled waits on its own ctx and may leave
+// early, so when it leads, the flight runs on a goroutine of its own. A
 // caller whose ctx can never be cancelled (ctx.Done() == nil) has no reason
-// to leave, so it uses Do, which runs the flight on the caller's goroutine
-// when it leads and saves a goroutine hand-off (measured in
-// docs/benchmarks.md). Both kinds join the same flights.
-func (c *Cache[V]) flight(ctx context.Context, g *singleflight.Group, key string, fn func(context.Context) (V, error)) (V, error) {
-	run := func() (any, error) {
-		c.closeMu.RLock()
-		if c.closed.Load() {
-			c.closeMu.RUnlock()
-			return nil, ErrClosed
+// to leave, so when it leads it runs the flight on its own goroutine, which
+// saves a goroutine hand-off (measured in docs/benchmarks.md). Both kinds
+// join the same flights.
+func (c *Cache[V]) flight(ctx context.Context, g *group[V], key string, fn func(context.Context) outcome[V]) (V, error) {
+	cl, lead := g.join(key)
+	if lead {
+		if ctx.Done() == nil {
+			c.lead(ctx, g, key, cl, fn)
+		} else {
+			go c.lead(ctx, g, key, cl, fn)
 		}
-		c.running.Add(1)
-		c.closeMu.RUnlock()
-		defer c.running.Done()
-		// fn recovers loader panics itself, so Do and DoChan never re-panic.
-		return fn(context.WithoutCancel(ctx))
 	}
-	if ctx.Done() == nil {
-		r, err, _ := g.Do(key, run)
-		v, _ := r.(V)
-		return v, err
-	}
-	ch := g.DoChan(key, run)
 	select {
-	case r := <-ch:
-		v, _ := r.Val.(V)
-		return v, r.Err
+	case <-cl.done:
 	case <-ctx.Done():
 		var zero V
 		return zero, ctx.Err()
 	}
+	if cl.stale != nil {
+		noteStale(ctx, key, cl.stale)
+	}
+	return cl.v, cl.err
+}
+
+// lead runs fn for cl, the flight of key in g that the caller leads, and
+// finishes it whatever happens: a closed cache finishes it with ErrClosed,
+// and a goroutine that exits inside fn with errAbandoned.
+func (c *Cache[V]) lead(ctx context.Context, g *group[V], key string, cl *call[V], fn func(context.Context) outcome[V]) {
+	o := outcome[V]{err: errAbandoned}
+	defer func() { g.finish(key, cl, o) }()
+	if !c.enter() {
+		o.err = ErrClosed
+		return
+	}
+	defer c.running.Done()
+	o = fn(context.WithoutCancel(ctx))
+}
+
+// enter counts a flight or background load as running, so that Close waits
+// for it; it reports false once the cache is closed. The caller calls
+// c.running.Done when it ends.
+func (c *Cache[V]) enter() bool {
+	c.closeMu.RLock()
+	defer c.closeMu.RUnlock()
+	if c.closed.Load() {
+		return false
+	}
+	c.running.Add(1)
+	return true
 }
 
 // Set stores v for key in Redis, then in this process's L1, and has every
@@ -416,10 +440,26 @@ func (c *Cache[V]) flight(ctx context.Context, g *singleflight.Group, key string
 // wrapping ErrUnavailable: one that also wraps ErrQueued if the outbox has
 // not delivered the invalidation by the deadline; v was not stored.
 func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
+	return c.set(ctx, key, v, 0)
+}
+
+// SetWithTTL is Set with a TTL of its own for this value instead of
+// Options.TTL. ttl must be > 0 and at most Options.MaxTTL; otherwise it
+// returns an error wrapping ErrInvalidTTL and writes nothing. Jitter and
+// Fresh scale with ttl (see Options.MaxTTL).
+func (c *Cache[V]) SetWithTTL(ctx context.Context, key string, v V, ttl time.Duration) error {
+	if ttl <= 0 || ttl > c.o.MaxTTL {
+		c.stats.rejected.Add(1)
+		return fmt.Errorf("%w: %v, want > 0 and ≤ MaxTTL %v", ErrInvalidTTL, ttl, c.o.MaxTTL)
+	}
+	return c.set(ctx, key, v, ttl)
+}
+
+func (c *Cache[V]) set(ctx context.Context, key string, v V, ttl time.Duration) error {
 	if err := c.checkKey(key); err != nil {
 		return err
 	}
-	env, ttl, err := c.encode(v, false)
+	s, err := c.encode(v, false, ttl)
 	if err != nil {
 		return err
 	}
@@ -430,12 +470,12 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 	}
 	keys := []string{key}
 	delivered, cause := c.write(ctx, "set", keys, func(wctx context.Context) error {
-		return c.l2.Set(wctx, key, env, ttl, ann)
+		return c.l2.Set(wctx, key, s.env, s.redisTTL, ann)
 	})
 	switch {
 	case cause == nil:
 		if c.l1 != nil {
-			c.l1.Replace(t, key, &entry[V]{v: v}, int64(len(env)), min(c.o.L1TTL, ttl))
+			c.l1.Replace(t, key, &entry[V]{v: v}, int64(len(s.env)), min(c.o.L1TTL, s.ttl))
 		}
 		c.written(key)
 		return nil
@@ -524,7 +564,7 @@ func (c *Cache[V]) write(ctx context.Context, op string, keys []string, do func(
 // Redis or L1 after it. An outbox entry older than that has nothing left
 // to invalidate.
 func (c *Cache[V]) copiesOutlive() time.Duration {
-	return c.o.LoadTimeout + c.o.LeaseTTL + max(c.o.TTL+max(c.o.Jitter, 0), c.o.NegativeTTL)
+	return c.o.LoadTimeout + c.o.LeaseTTL + max(c.o.MaxTTL+c.scaled(max(c.o.Jitter, 0), c.o.MaxTTL), c.o.NegativeTTL)
 }
 
 func (c *Cache[V]) announce(kind pubsub.Kind, keys ...string) (l2.Announce, error) {
@@ -535,27 +575,61 @@ func (c *Cache[V]) announce(kind pubsub.Kind, keys ...string) (l2.Announce, erro
 	return l2.Announce{Channel: c.bus.Channel(), Messages: msgs}, nil
 }
 
-// encode returns the envelope for v (or for "not found") and its Redis TTL.
-func (c *Cache[V]) encode(v V, negative bool) ([]byte, time.Duration, error) {
-	ttl := c.o.NegativeTTL
-	var payload []byte
-	if !negative {
-		var err error
-		if payload, err = c.o.Codec.Marshal(v); err != nil {
-			c.stats.rejected.Add(1)
-			return nil, 0, fmt.Errorf("%w: %w", ErrEncode, err)
-		}
-		if len(payload) > c.o.MaxValueBytes {
-			c.stats.rejected.Add(1)
-			return nil, 0, fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(payload), c.o.MaxValueBytes)
-		}
-		ttl = c.o.TTL
-		if c.o.Jitter > 0 {
-			ttl += rand.N(c.o.Jitter)
-		}
+// sealed is a value ready for Redis.
+type sealed struct {
+	env      []byte        // the envelope
+	ttl      time.Duration // until its logical expiry; bounds its L1 TTL
+	redisTTL time.Duration // its Redis TTL
+}
+
+// encode returns the envelope for v (or for "not found") and its TTLs.
+// override, when > 0, replaces the cache's TTL (see OverrideTTL).
+func (c *Cache[V]) encode(v V, negative bool, override time.Duration) (sealed, error) {
+	if negative {
+		ttl := c.negativeTTL(override)
+		env := l2.Envelope{Negative: true, Expiry: time.Now().Add(ttl)}
+		return sealed{env: env.AppendBinary(make([]byte, 0, l2.HeaderSize)), ttl: ttl, redisTTL: ttl}, nil
 	}
-	env := l2.Envelope{Negative: negative, Expiry: time.Now().Add(ttl), Payload: payload}
-	return env.AppendBinary(make([]byte, 0, l2.HeaderSize+len(payload))), ttl, nil
+	payload, err := c.o.Codec.Marshal(v)
+	if err != nil {
+		c.stats.rejected.Add(1)
+		return sealed{}, fmt.Errorf("%w: %w", ErrEncode, err)
+	}
+	if len(payload) > c.o.MaxValueBytes {
+		c.stats.rejected.Add(1)
+		return sealed{}, fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(payload), c.o.MaxValueBytes)
+	}
+	ttl := c.o.TTL
+	if override > 0 {
+		ttl = min(override, c.o.MaxTTL)
+	}
+	base := ttl
+	if j := c.scaled(c.o.Jitter, base); j > 0 {
+		ttl += rand.N(j)
+	}
+	env := l2.Envelope{Expiry: time.Now().Add(ttl), Payload: payload}
+	return sealed{
+		env:      env.AppendBinary(make([]byte, 0, l2.HeaderSize+len(payload))),
+		ttl:      ttl,
+		redisTTL: ttl,
+	}, nil
+}
+
+// negativeTTL is the TTL of a cached "not found", given a load's override.
+func (c *Cache[V]) negativeTTL(override time.Duration) time.Duration {
+	if override > 0 {
+		return min(override, c.o.MaxTTL)
+	}
+	return c.o.NegativeTTL
+}
+
+// scaled returns d, a duration set for Options.TTL, in proportion for an
+// entry whose own TTL is ttl.
+func (c *Cache[V]) scaled(d, ttl time.Duration) time.Duration {
+	if d <= 0 || ttl == c.o.TTL {
+		return d
+	}
+	return time.Duration(float64(d) * float64(ttl) / float64(c.o.TTL))
 }
 
 // written is called after keys were written or deleted (here or, through
@@ -567,8 +641,8 @@ func (c *Cache[V]) encode(v V, negative bool) ([]byte, time.Duration, error) {
 func (c *Cache[V]) written(keys ...string) {
 	f := c.flights.Load()
 	for _, k := range keys {
-		f.loads.Forget(k)
-		f.fetches.Forget(k)
+		f.loads.forget(k)
+		f.fetches.forget(k)
 	}
 	c.wake(keys...)
 }
@@ -636,7 +710,7 @@ func (h busHandler[V]) Reset() {
 	c := h.c
 	c.stats.resets.Add(1)
 	c.resets.Add(1)
-	c.flights.Store(newFlights(mono.Now()))
+	c.flights.Store(newFlights[V](mono.Now()))
 	if c.l1 != nil {
 		c.l1.Clear()
 	}

@@ -6,9 +6,9 @@
 //
 // [Cache.GetOrLoad] looks in L1, then in Redis, then calls the caller's
 // [Loader] (the database), and stores what it loaded in both tiers. In each
-// process, concurrent callers of one key share one flight
-// (golang.org/x/sync/singleflight): one Redis read and at most one loader
-// call. Across processes, a Redis lease makes the fleet call the loader once
+// process, concurrent callers of one key share one flight (group.go, a
+// singleflight that also tells a caller whether it leads, for GetMany):
+// one Redis read and at most one loader call. Across processes, a Redis lease makes the fleet call the loader once
 // for a cold key: the first node to miss takes the lease and loads; the others
 // wait to be woken by a message when the value lands, then read it from
 // Redis. The shared flight runs on a context without the first caller's

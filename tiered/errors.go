@@ -37,12 +37,23 @@ var (
 	// Options.MaxValueBytes. Nothing is written.
 	ErrValueTooLarge = errors.New("tiered: value too large")
 
+	// ErrInvalidTTL rejects a per-entry TTL that is not > 0 and at most
+	// Options.MaxTTL. Nothing is written.
+	ErrInvalidTTL = errors.New("tiered: invalid TTL")
+
 	// ErrEncode wraps a Codec failure to encode a value. Nothing is written.
 	ErrEncode = errors.New("tiered: cannot encode value")
 
 	// ErrLoaderPanic is wrapped by the *PanicError every waiter of a load
 	// gets when the loader panicked.
 	ErrLoaderPanic = errors.New("tiered: loader panicked")
+
+	// ErrLoadTimeout is wrapped by the error of a load that did not finish
+	// within Options.LoadTimeout, beside the loader's own error (often
+	// context.DeadlineExceeded). It tells the cache's deadline from the
+	// caller's own. A loader that ignores its context is not waited for
+	// past LoadTimeout: its callers get this error at the deadline.
+	ErrLoadTimeout = errors.New("tiered: load timed out")
 
 	// ErrInvalidOptions is wrapped by the errors of New.
 	ErrInvalidOptions = errors.New("tiered: invalid options")

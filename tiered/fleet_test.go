@@ -562,7 +562,7 @@ func TestLeaseWaitersAreWoken(t *testing.T) {
 			if n, _ := holder.rdb.Exists(ctx, "fleet:{"+key+"}:lease").Result(); n != 1 {
 				t.Fatal("the holder does not hold the lease")
 			}
-			tc.waiter.c.flights.Load().loads.Forget(key)
+			tc.waiter.c.flights.Load().loads.forget(key)
 			done := make(chan error, 1)
 			waiterLoader := &srcLoader{rdb: tc.waiter.rdb}
 			go func() {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
 	"time"
 
 	"github.com/tieredcache/tiered/internal/mono"
@@ -110,33 +109,32 @@ func (c *Cache[V]) readL2(ctx context.Context, key string) (l1.Ticket, epoch, []
 }
 
 // fetch is the flight of Get: L1 again, then Redis.
-func (c *Cache[V]) fetch(ctx context.Context, key string) (V, error) {
-	var zero V
+func (c *Cache[V]) fetch(ctx context.Context, key string) outcome[V] {
 	if e, ok := c.recheckL1(key); ok {
-		return e.result()
+		return e.outcome()
 	}
 	t, _, raw, err := c.readL2(ctx, key)
 	switch {
 	case errors.Is(err, l2.ErrMiss):
 		c.stats.misses.Add(1)
-		return zero, ErrNotFound
+		return outcome[V]{err: ErrNotFound}
 	case err != nil:
-		return zero, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return outcome[V]{err: fmt.Errorf("%w: %w", ErrUnavailable, err)}
 	}
-	if v, err, ok := c.hit(ctx, t, key, raw); ok {
-		return v, err
+	if o, ok := c.hit(ctx, t, key, raw); ok {
+		return o
 	}
 	c.stats.misses.Add(1)
-	return zero, ErrNotFound
+	return outcome[V]{err: ErrNotFound}
 }
 
 // hit decodes raw, read from Redis for key, and fills L1. If raw does not
 // decode, it counts it, deletes it from Redis (only if unchanged) and
 // reports ok=false: the caller treats it as a miss.
-func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte) (v V, err error, ok bool) {
+func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte) (o outcome[V], ok bool) {
 	env, err := l2.DecodeEnvelope(raw)
 	if err == nil && !env.Negative {
-		if uerr := c.o.Codec.Unmarshal(env.Payload, &v); uerr != nil {
+		if uerr := c.o.Codec.Unmarshal(env.Payload, &o.v); uerr != nil {
 			err = fmt.Errorf("%w: codec: %w", l2.ErrCorrupt, uerr)
 		}
 	}
@@ -146,34 +144,34 @@ func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte)
 			slog.String("namespace", c.o.Namespace), slog.String("key", key))
 		_, derr := c.l2.DeleteIfEqual(ctx, key, raw)
 		c.l2Done("delete corrupt", derr)
-		var zero V
-		return zero, nil, false
+		return outcome[V]{}, false
 	}
 	c.stats.l2Hits.Add(1)
 	ttl := min(c.o.L1TTL, time.Until(env.Expiry))
-	c.fill(t, key, v, env.Negative, len(raw), ttl)
+	c.fill(t, key, o.v, env.Negative, len(raw), ttl)
 	if env.Negative {
 		c.stats.negativeHits.Add(1)
-		return v, ErrNotFound, true
+		return outcome[V]{err: ErrNotFound}, true
 	}
-	return v, nil, true
+	return o, true
 }
 
 // load is the flight of GetOrLoad: L1 again, Redis, then the lease and the
 // loader. A key whose invalidation is pending in the outbox goes straight
 // to the loader and is cached nowhere; so does every key while Redis may
 // not be read (see l2Ready), except that L1 takes the value then.
-func (c *Cache[V]) load(ctx context.Context, key string, loader Loader[V]) (V, error) {
+func (c *Cache[V]) load(ctx context.Context, key string, loader Loader[V]) outcome[V] {
 	if e, ok := c.recheckL1(key); ok {
-		return e.result()
+		return e.outcome()
 	}
 	t, e, raw, err := c.readL2(ctx, key)
 	switch {
 	case errors.Is(err, errPending):
-		return c.callLoader(ctx, key, loader)
+		r := c.callLoader(ctx, key, loader)
+		return outcome[V]{v: r.v, err: r.err}
 	case err == nil:
-		if v, err, ok := c.hit(ctx, t, key, raw); ok {
-			return v, err
+		if o, ok := c.hit(ctx, t, key, raw); ok {
+			return o
 		}
 	case !errors.Is(err, l2.ErrMiss):
 		return c.loadUnleased(ctx, t, key, loader)
@@ -185,7 +183,7 @@ func (c *Cache[V]) load(ctx context.Context, key string, loader Loader[V]) (V, e
 // loadLeased takes the key's lease and loads, or waits for the node that
 // holds it. See package l2 for the protocol. e is the epoch the flight's
 // read began in.
-func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, e epoch, key string, loader Loader[V]) (V, error) {
+func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, e epoch, key string, loader Loader[V]) outcome[V] {
 	woken := c.addWaiter(key)
 	defer c.removeWaiter(key, woken)
 	// A holder that neither fills nor releases lets its lease expire after
@@ -204,8 +202,8 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, e epoch, key str
 			if !c.validSince(ctx, e) { // the value may come from a restarted server
 				return c.loadUnleased(ctx, t, key, loader)
 			}
-			if v, err, ok := c.hit(ctx, t, key, res.Value); ok {
-				return v, err
+			if o, ok := c.hit(ctx, t, key, res.Value); ok {
+				return o
 			}
 			if corrupt++; corrupt > 1 {
 				return c.loadUnleased(ctx, t, key, loader)
@@ -229,8 +227,7 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, e epoch, key str
 		case <-timer.C:
 		case <-c.closing:
 			timer.Stop()
-			var zero V
-			return zero, ErrClosed
+			return outcome[V]{err: ErrClosed}
 		}
 		timer.Stop()
 		poll = min(2*poll, c.pollMax)
@@ -243,34 +240,35 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, e epoch, key str
 // Redis: the reset may stand for a write this node never heard of, and a
 // restarted server may have come back with the lease this node had taken
 // before a write deleted it.
-func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, e epoch, key string, loader Loader[V], lease l2.Lease) (V, error) {
-	v, err := c.callLoader(ctx, key, loader)
+func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, e epoch, key string, loader Loader[V], lease l2.Lease) outcome[V] {
+	r := c.callLoader(ctx, key, loader)
+	o := outcome[V]{v: r.v, err: r.err}
 	// The bus does not deliver a node's own messages: wake the flights of
 	// this process that wait for this lease (a flight started after a write
 	// of key, see written) directly, once the lease is filled or released.
 	defer c.wake(key)
-	neg := errors.Is(err, ErrNotFound)
+	neg := errors.Is(r.err, ErrNotFound)
 	// announce fails only for an invalid key; an empty Announce then
 	// leaves the other nodes' waiters to their polling.
 	wake, _ := c.announce(pubsub.Wake, key)
-	release := func() (V, error) {
+	release := func() outcome[V] {
 		c.l2Done("release", c.l2.Release(ctx, lease, wake))
-		return v, err
+		return o
 	}
-	if (err != nil && !neg) || (neg && c.o.NegativeTTL < 0) {
+	if (r.err != nil && !neg) || (neg && c.o.NegativeTTL < 0) {
 		return release()
 	}
 	if !c.validSince(ctx, e) || c.bus.Pending(c.o.Namespace, key) {
 		c.stats.staleDiscards.Add(1)
 		return release()
 	}
-	env, ttl, eerr := c.encode(v, neg)
+	s, eerr := c.encode(r.v, neg, r.ttl)
 	if eerr != nil {
 		c.log.Log(slog.LevelWarn, "tiered: loaded value not cached", eerr,
 			slog.String("namespace", c.o.Namespace), slog.String("key", key))
 		return release()
 	}
-	filled, ferr := c.l2.Fill(ctx, lease, env, ttl, wake)
+	filled, ferr := c.l2.Fill(ctx, lease, s.env, s.redisTTL, wake)
 	c.l2Done("fill", ferr)
 	switch {
 	case ferr != nil:
@@ -280,47 +278,34 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, e epoch, key st
 		// predate that write: keep it out of both tiers. The callers still
 		// get it: their read began before the write.
 		c.stats.staleDiscards.Add(1)
-		return v, err
+		return o
 	}
-	c.fill(t, key, v, neg, len(env), min(c.o.L1TTL, ttl))
-	return v, err
+	c.fill(t, key, r.v, neg, len(s.env), min(c.o.L1TTL, s.ttl))
+	return o
 }
 
 // loadUnleased calls the loader without a lease, when Redis failed or a
 // lease could not be had in time. The value goes to L1 (guarded) but not to
 // Redis: only a lease holder may write a loaded value there.
-func (c *Cache[V]) loadUnleased(ctx context.Context, t l1.Ticket, key string, loader Loader[V]) (V, error) {
-	v, err := c.callLoader(ctx, key, loader)
-	neg := errors.Is(err, ErrNotFound)
+func (c *Cache[V]) loadUnleased(ctx context.Context, t l1.Ticket, key string, loader Loader[V]) outcome[V] {
+	r := c.callLoader(ctx, key, loader)
+	neg := errors.Is(r.err, ErrNotFound)
 	switch {
 	case c.l1 == nil:
-	case err == nil:
-		if env, ttl, eerr := c.encode(v, false); eerr == nil {
-			c.fill(t, key, v, false, len(env), min(c.o.L1TTL, ttl))
+	case r.err == nil:
+		if s, eerr := c.encode(r.v, false, r.ttl); eerr == nil {
+			c.fill(t, key, r.v, false, len(s.env), min(c.o.L1TTL, s.ttl))
 		}
 	case neg && c.o.NegativeTTL > 0:
 		var zero V
-		c.fill(t, key, zero, true, l2.HeaderSize, min(c.o.L1TTL, c.o.NegativeTTL))
+		c.fill(t, key, zero, true, l2.HeaderSize, min(c.o.L1TTL, c.negativeTTL(r.ttl)))
 	}
-	return v, err
+	return outcome[V]{v: r.v, err: r.err}
 }
 
-// callLoader runs loader with LoadTimeout, turning a panic into a
-// *PanicError.
-func (c *Cache[V]) callLoader(ctx context.Context, key string, loader Loader[V]) (v V, err error) {
-	c.stats.loads.Add(1)
-	ctx, cancel := context.WithTimeout(ctx, c.o.LoadTimeout)
-	defer cancel()
-	defer func() {
-		if r := recover(); r != nil {
-			var zero V
-			v, err = zero, &PanicError{Value: r, Stack: debug.Stack()}
-		}
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			c.stats.loadErrors.Add(1)
-		}
-	}()
-	return loader.Load(ctx, key)
+// callLoader runs loader for key (see runLoader).
+func (c *Cache[V]) callLoader(ctx context.Context, key string, loader Loader[V]) loaded[V] {
+	return c.runLoader(ctx, func(lctx context.Context) (V, error) { return loader.Load(lctx, key) })
 }
 
 // addWaiter registers a flight of key as waiting for a lease. There is

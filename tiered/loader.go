@@ -1,14 +1,23 @@
 package tiered
 
-import "context"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+)
 
 // A Loader loads the value of a key from the source of truth (a database, a
 // service) when neither tier has it.
 //
-// Load runs once per key per process at a time (singleflight), and, while
+// Load runs once per key per process at a time (one flight), and, while
 // Redis is healthy, once per key per fleet (the lease). Its context carries
 // the values of the first caller's context but not its cancellation, and it
-// is cancelled after Options.LoadTimeout. Return ErrNotFound (or an error
+// is cancelled after Options.LoadTimeout; a loader that returns later is
+// not waited for (its callers get ErrLoadTimeout). A loader may choose the
+// TTL of its result with OverrideTTL. Return ErrNotFound (or an error
 // wrapping it) when the key does not exist: that result is cached for
 // Options.NegativeTTL. Any other error is returned to the waiting callers and
 // not cached. A panic is recovered and returned as a *PanicError.
@@ -22,4 +31,75 @@ type LoaderFunc[V any] func(ctx context.Context, key string) (V, error)
 // Load calls f(ctx, key).
 func (f LoaderFunc[V]) Load(ctx context.Context, key string) (V, error) {
 	return f(ctx, key)
+}
+
+// ttlKey is the context key of a load's TTL override.
+type ttlKey struct{}
+
+// OverrideTTL sets the TTL of what the running load returns. Call it from
+// a Loader or BulkLoader with the context the cache passed in; elsewhere it
+// does nothing. The TTL applies to the value (or the "not found") the load
+// returns, or, for a BulkLoad, to every key of the call; zero or negative
+// means the cache's own (Options.TTL or Options.NegativeTTL). It is capped
+// at Options.MaxTTL, and Options.Jitter and Options.Fresh scale with it
+// (see Options.MaxTTL). The last call wins.
+//
+// It is rueidisaside's OverrideCacheTTL: a loader that reads an expiry
+// from the source (a token's lifetime, a price valid until midnight) can
+// cache the result for exactly as long.
+func OverrideTTL(ctx context.Context, ttl time.Duration) {
+	if p, ok := ctx.Value(ttlKey{}).(*atomic.Int64); ok {
+		p.Store(int64(ttl))
+	}
+}
+
+// loaded is the outcome of one loader call.
+type loaded[V any] struct {
+	v   V
+	err error
+	ttl time.Duration // set by OverrideTTL; 0 means the cache's own
+}
+
+// runLoader runs load on a goroutine of its own with a context that ends
+// after LoadTimeout, and returns what it returned, or, if it has not
+// returned when that context ends (a loader that ignores its context), an
+// error wrapping ErrLoadTimeout at once; the goroutine's result is then
+// dropped when it comes. A panic becomes a *PanicError, and a loader
+// goroutine that exits (runtime.Goexit) errAbandoned. The goroutine counts
+// as running, so Close waits for it.
+//
+// ctx must not be cancellable before LoadTimeout other than by the cache:
+// flights pass one without their callers' cancellation.
+func (c *Cache[V]) runLoader(ctx context.Context, load func(context.Context) (V, error)) loaded[V] {
+	c.stats.loads.Add(1)
+	ttl := new(atomic.Int64)
+	lctx, cancel := context.WithTimeout(context.WithValue(ctx, ttlKey{}, ttl), c.o.LoadTimeout)
+	defer cancel() // only once the loader returned or LoadTimeout passed
+	ch := make(chan loaded[V], 1)
+	c.running.Add(1) // the caller is a running flight: the count is > 0
+	go func() {
+		defer c.running.Done()
+		r := loaded[V]{err: errAbandoned}
+		defer func() {
+			if p := recover(); p != nil {
+				r = loaded[V]{err: &PanicError{Value: p, Stack: debug.Stack()}}
+			}
+			ch <- r
+		}()
+		v, err := load(lctx)
+		r = loaded[V]{v: v, err: err, ttl: time.Duration(ttl.Load())}
+	}()
+	var r loaded[V]
+	select {
+	case r = <-ch:
+	case <-lctx.Done():
+		r.err = lctx.Err()
+	}
+	if r.err != nil && lctx.Err() != nil && errors.Is(r.err, context.DeadlineExceeded) {
+		r.err = fmt.Errorf("%w after %v: %w", ErrLoadTimeout, c.o.LoadTimeout, r.err)
+	}
+	if r.err != nil && !errors.Is(r.err, ErrNotFound) {
+		c.stats.loadErrors.Add(1)
+	}
+	return r
 }

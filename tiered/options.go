@@ -52,6 +52,14 @@ type Options struct {
 	// TTL would serve stale data forever after a missed invalidation.
 	TTL time.Duration
 
+	// MaxTTL is the longest TTL a value may have: SetWithTTL rejects a
+	// longer one and OverrideTTL is capped at it. It bounds how long a
+	// copy of a key can live, which the outbox relies on. Jitter and Fresh
+	// are set for TTL; for an entry with a TTL of its own they scale in
+	// proportion (half the TTL, half the jitter). Default TTL; must not be
+	// less than TTL.
+	MaxTTL time.Duration
+
 	// Jitter adds a random duration in [0, Jitter) to every value's Redis
 	// TTL, so that keys filled together do not expire together. Default
 	// TTL/10; negative means none.
@@ -177,6 +185,12 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if r.MaxKeyBytes > MaxKeyBytesLimit {
 		return r, invalid("MaxKeyBytes %d is over MaxKeyBytesLimit %d", r.MaxKeyBytes, MaxKeyBytesLimit)
+	}
+	if r.MaxTTL == 0 {
+		r.MaxTTL = r.TTL
+	}
+	if r.MaxTTL < r.TTL {
+		return r, invalid("MaxTTL %v is less than TTL %v", r.MaxTTL, r.TTL)
 	}
 	if r.Jitter == 0 {
 		r.Jitter = r.TTL / 10

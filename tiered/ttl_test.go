@@ -1,0 +1,121 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tieredcache/tiered/internal/redistest"
+)
+
+// TestPerEntryTTL: SetWithTTL and a loader's OverrideTTL give one value a
+// TTL of its own, in Redis and in L1; jitter scales with it, MaxTTL caps
+// it, and negative results take the override too.
+func TestPerEntryTTL(t *testing.T) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
+		ctx := context.Background()
+		c, rdb := newNode[Product](t, b.Addr, Options{TTL: time.Hour, Jitter: 10 * time.Minute, MaxTTL: 2 * time.Hour, L1TTL: 2 * time.Hour})
+		pttl := func(k string) time.Duration {
+			t.Helper()
+			d, err := rdb.PTTL(ctx, "test:{"+k+"}").Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}
+		within := func(what string, got, lo, hi time.Duration) {
+			t.Helper()
+			if got < lo || got >= hi {
+				t.Fatalf("%s: TTL %v, want [%v, %v)", what, got, lo, hi)
+			}
+		}
+		if err := c.SetWithTTL(ctx, "short", Product{ID: 1}, 6*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		// 6m is a tenth of TTL: the jitter (10m for TTL) is a tenth too.
+		within("SetWithTTL", pttl("short"), 6*time.Minute-time.Second, 7*time.Minute)
+		if err := c.SetWithTTL(ctx, "long", Product{ID: 2}, 2*time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		within("SetWithTTL at MaxTTL", pttl("long"), 2*time.Hour-time.Second, 2*time.Hour+20*time.Minute)
+		for _, ttl := range []time.Duration{0, -time.Second, 2*time.Hour + 1} {
+			if err := c.SetWithTTL(ctx, "bad", Product{}, ttl); !errors.Is(err, ErrInvalidTTL) {
+				t.Fatalf("SetWithTTL(%v) = %v, want ErrInvalidTTL", ttl, err)
+			}
+		}
+		if n, _ := rdb.Exists(ctx, "test:{bad}").Result(); n != 0 {
+			t.Fatal("a rejected SetWithTTL wrote")
+		}
+
+		override := func(ttl time.Duration, err error) Loader[Product] {
+			return LoaderFunc[Product](func(ctx context.Context, key string) (Product, error) {
+				OverrideTTL(ctx, ttl)
+				return Product{ID: 3}, err
+			})
+		}
+		if _, err := c.GetOrLoad(ctx, "loaded", override(90*time.Second, nil)); err != nil {
+			t.Fatal(err)
+		}
+		within("OverrideTTL", pttl("loaded"), 89*time.Second, 90*time.Second+15*time.Second)
+		if _, err := c.GetOrLoad(ctx, "capped", override(10*time.Hour, nil)); err != nil {
+			t.Fatal(err)
+		}
+		within("OverrideTTL over MaxTTL", pttl("capped"), 2*time.Hour-time.Second, 2*time.Hour+20*time.Minute)
+		if _, err := c.GetOrLoad(ctx, "gone", override(5*time.Second, ErrNotFound)); !errors.Is(err, ErrNotFound) {
+			t.Fatal(err)
+		}
+		within("OverrideTTL of a not found", pttl("gone"), 4*time.Second, 5*time.Second+time.Millisecond)
+		// OverrideTTL outside a load does nothing (and does not panic).
+		OverrideTTL(ctx, time.Second)
+
+		// The L1 TTL follows the entry's: a 300ms value leaves L1 with it.
+		if _, err := c.GetOrLoad(ctx, "brief", override(300*time.Millisecond, nil)); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := inL1(c)("brief"); !ok {
+			t.Fatal("value not in L1")
+		}
+		time.Sleep(400 * time.Millisecond)
+		if _, ok := c.l1.Get("brief"); ok {
+			t.Fatal("L1 entry outlived its own TTL")
+		}
+	})
+	if _, err := New[int](nil, &Options{Namespace: "x", TTL: time.Hour, MaxTTL: time.Minute}); !errors.Is(err, ErrInvalidOptions) {
+		t.Fatalf("MaxTTL < TTL: %v", err)
+	}
+}
+
+// TestLoadTimeout: a loader that ignores its context does not hold its
+// callers past LoadTimeout, and the cache's deadline is told apart from
+// the caller's by ErrLoadTimeout.
+func TestLoadTimeout(t *testing.T) {
+	c, _ := newNode[Product](t, redistest.Mini(t).Addr, Options{LoadTimeout: 100 * time.Millisecond})
+	ctx := context.Background()
+	release := make(chan struct{})
+	defer close(release)
+	deaf := LoaderFunc[Product](func(context.Context, string) (Product, error) {
+		<-release // ignores its context
+		return Product{ID: 1}, nil
+	})
+	polite := LoaderFunc[Product](func(ctx context.Context, _ string) (Product, error) {
+		<-ctx.Done()
+		return Product{}, ctx.Err()
+	})
+	for name, l := range map[string]Loader[Product]{"ignores ctx": deaf, "honours ctx": polite} {
+		start := time.Now()
+		_, err := c.GetOrLoad(ctx, name, l)
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("%s: the caller waited %v, LoadTimeout is 100ms", name, took)
+		}
+		if !errors.Is(err, ErrLoadTimeout) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s: err = %v, want ErrLoadTimeout and DeadlineExceeded", name, err)
+		}
+	}
+	// The caller's own deadline is not ErrLoadTimeout.
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := c.GetOrLoad(cctx, "own", polite); errors.Is(err, ErrLoadTimeout) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("caller's deadline: err = %v", err)
+	}
+}
