@@ -78,17 +78,17 @@ func clusterKeyLifecycle(t *testing.T, s *Store, rdb *redis.ClusterClient, k str
 	const ttl = time.Minute
 
 	// A cold key: the lease is taken, a second caller waits, the holder fills.
-	r, err := s.GetOrLease(ctx, k, ttl)
+	r, err := s.GetOrLease(ctx, k, ttl, time.Now())
 	if err != nil || r.State != Acquired {
 		t.Fatalf("GetOrLease = %+v, %v; want Acquired", r, err)
 	}
-	if w, err := s.GetOrLease(ctx, k, ttl); err != nil || w.State != Held {
+	if w, err := s.GetOrLease(ctx, k, ttl, time.Now()); err != nil || w.State != Held {
 		t.Fatalf("second GetOrLease = %+v, %v; want Held", w, err)
 	}
 	if ok, err := s.Fill(ctx, r.Lease, []byte("filled"), ttl, ann); err != nil || !ok {
 		t.Fatalf("Fill = %v, %v; want true", ok, err)
 	}
-	if f, err := s.GetOrLease(ctx, k, ttl); err != nil || f.State != Found || string(f.Value) != "filled" {
+	if f, err := s.GetOrLease(ctx, k, ttl, time.Now()); err != nil || f.State != Found || string(f.Value) != "filled" {
 		t.Fatalf("GetOrLease after Fill = %+v, %v; want Found filled", f, err)
 	}
 	// The value is where the layout says, under the escaped name.
@@ -110,17 +110,17 @@ func clusterKeyLifecycle(t *testing.T, s *Store, rdb *redis.ClusterClient, k str
 	}
 
 	// A released lease is free again.
-	r, err = s.GetOrLease(ctx, k, ttl)
+	r, err = s.GetOrLease(ctx, k, ttl, time.Now())
 	if err != nil || r.State != Acquired {
 		t.Fatalf("GetOrLease after delete = %+v, %v; want Acquired", r, err)
 	}
-	if w, err := s.GetOrLease(ctx, k, ttl); err != nil || w.State != Held {
+	if w, err := s.GetOrLease(ctx, k, ttl, time.Now()); err != nil || w.State != Held {
 		t.Fatalf("GetOrLease of a held lease = %+v, %v; want Held", w, err)
 	}
 	if err := s.Release(ctx, r.Lease, ann); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
-	r, err = s.GetOrLease(ctx, k, ttl)
+	r, err = s.GetOrLease(ctx, k, ttl, time.Now())
 	if err != nil || r.State != Acquired {
 		t.Fatalf("GetOrLease after Release = %+v, %v; want Acquired", r, err)
 	}
@@ -160,7 +160,7 @@ func clusterMultiKeyDelete(t *testing.T, rdb *redis.ClusterClient) {
 		if err := s.Set(ctx, k, []byte("v"), time.Minute, Announce{}); err != nil {
 			t.Fatalf("Set(%q): %v", k, err)
 		}
-		if _, err := s.GetOrLease(ctx, k+"/leased", time.Minute); err != nil {
+		if _, err := s.GetOrLease(ctx, k+"/leased", time.Minute, time.Now()); err != nil {
 			t.Fatalf("GetOrLease(%q): %v", k+"/leased", err)
 		}
 		slots[slot(s.Key(k))] = true

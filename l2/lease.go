@@ -11,8 +11,8 @@ import (
 //
 //  1. On a miss, a node runs [Store.GetOrLease]: one script that returns the
 //     value if it landed meanwhile, else takes the lease with
-//     SET ns:{k}:lease <random token> NX PX <ttl>, else records that someone
-//     waits and reports how long the lease still runs.
+//     SET ns:{k}:lease <random token> PX <ttl> if it is free, else records
+//     that someone waits and reports how long the lease still runs.
 //  2. The holder loads and calls [Store.Fill]: a compare-and-set that writes
 //     the value only while the lease still holds its token, then deletes the
 //     lease and, if anyone waited, publishes a wake message. [Store.Set] and
@@ -21,6 +21,11 @@ import (
 //  3. A holder that fails calls [Store.Release] (compare-and-delete, never a
 //     plain DEL). A holder that dies leaves the lease to expire; a waiter's
 //     next GetOrLease then takes it over.
+//
+// A value is absent for GetOrLease when its logical expiry (in the envelope,
+// not the Redis TTL) has passed: with fail-safe, Redis keeps values past it.
+// GetOrLease then returns the expired bytes beside the lease state, for a
+// caller whose load fails to serve instead.
 //
 // The lease is an efficiency device: it makes the fleet load a cold key once.
 // Correctness does not depend on it: the compare-and-set keeps stale loads
@@ -36,7 +41,9 @@ type Lease struct {
 type LeaseState int
 
 const (
-	// Found: Value holds the envelope bytes that were in Redis.
+	// Found: Value holds the envelope bytes that were in Redis: a value that
+	// has not expired, or bytes that are not an envelope, which the caller
+	// should find corrupt and delete.
 	Found LeaseState = iota + 1
 	// Acquired: Lease is now held by the caller, who should load and Fill.
 	Acquired
@@ -50,32 +57,70 @@ type LeaseResult struct {
 	Value     []byte        // with Found
 	Lease     Lease         // with Acquired
 	Remaining time.Duration // with Held
+	// Stale, with Acquired and Held, holds the envelope bytes of the key's
+	// expired value if Redis still has one (fail-safe): not to be served as
+	// a hit, but in place of a load that failed. Nil when there is none.
+	Stale []byte
 }
 
-// GetOrLease returns k's value if there is one, else takes k's lease for ttl
-// if it is free, else reports that another holds it. See the protocol above.
-func (s *Store) GetOrLease(ctx context.Context, k string, ttl time.Duration) (LeaseResult, error) {
+// GetOrLease returns k's value if there is one that has not expired at now,
+// else takes k's lease for ttl if it is free, else reports that another
+// holds it. See the protocol above. now is the caller's clock: a value
+// expires when now reaches the logical expiry in its envelope, and the
+// nodes' clocks are assumed to agree within what TTLs tolerate.
+func (s *Store) GetOrLease(ctx context.Context, k string, ttl time.Duration, now time.Time) (LeaseResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
 	token := rand.Text()
-	v, err := getOrLeaseScript.Run(ctx, s.rdb,
-		[]string{s.Key(k), s.leaseKey(k), s.waitersKey(k)}, token, ms(ttl)).Slice()
+	v, err := getOrLeaseScript.Run(ctx, s.rdb, s.getOrLeaseKeys(k), getOrLeaseArgs(token, ttl, now)...).Slice()
 	if err != nil {
 		return LeaseResult{}, s.unavailable("get-or-lease script", err)
 	}
-	if len(v) == 2 {
-		switch state, _ := v[0].(int64); state {
-		case 1:
-			str, _ := v[1].(string)
-			return LeaseResult{State: Found, Value: []byte(str)}, nil
-		case 2:
-			return LeaseResult{State: Acquired, Lease: Lease{Key: k, Token: token}}, nil
-		case 3:
-			pttl, _ := v[1].(int64)
-			return LeaseResult{State: Held, Remaining: time.Duration(max(pttl, 0)) * time.Millisecond}, nil
-		}
+	r, ok := leaseReply(k, token, v)
+	if !ok {
+		return LeaseResult{}, s.unavailable("get-or-lease script", fmt.Errorf("unexpected reply %v", v))
 	}
-	return LeaseResult{}, s.unavailable("get-or-lease script", fmt.Errorf("unexpected reply %v", v))
+	return r, nil
+}
+
+// getOrLeaseKeys and getOrLeaseArgs are the KEYS and ARGV of
+// getOrLeaseScript, shared by GetOrLease and GetOrLeaseMany.
+func (s *Store) getOrLeaseKeys(k string) []string {
+	return []string{s.Key(k), s.leaseKey(k), s.waitersKey(k)}
+}
+
+func getOrLeaseArgs(token string, ttl time.Duration, now time.Time) []any {
+	return []any{token, ms(ttl), now.UnixMilli()}
+}
+
+// leaseReply parses the reply of getOrLeaseScript, run for user key k with
+// token. It reports false for a reply of another shape.
+func leaseReply(k, token string, v []any) (LeaseResult, bool) {
+	if len(v) < 2 || len(v) > 3 {
+		return LeaseResult{}, false
+	}
+	state, _ := v[0].(int64)
+	var r LeaseResult
+	switch state {
+	case 1:
+		str, ok := v[1].(string)
+		return LeaseResult{State: Found, Value: []byte(str)}, ok && len(v) == 2
+	case 2:
+		r = LeaseResult{State: Acquired, Lease: Lease{Key: k, Token: token}}
+	case 3:
+		pttl, _ := v[1].(int64)
+		r = LeaseResult{State: Held, Remaining: time.Duration(max(pttl, 0)) * time.Millisecond}
+	default:
+		return LeaseResult{}, false
+	}
+	if len(v) == 3 {
+		stale, ok := v[2].(string)
+		if !ok {
+			return LeaseResult{}, false
+		}
+		r.Stale = []byte(stale)
+	}
+	return r, true
 }
 
 // Fill writes value with ttl if l is still held, releases l, and publishes

@@ -29,21 +29,52 @@ for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end
 return 1
 `)
 
-// getOrLeaseScript returns the value if there is one; otherwise it tries to
-// take the lease, and when another holds it, marks that someone waits and
-// returns the lease's remaining TTL. Doing all three in one script closes the
-// window between "miss" and "take the lease" in which a value could land.
+// expiryLua defines expiry(v), the logical expiry in Unix ms of envelope
+// bytes v: the big-endian uint64 at bytes 4..11 (1-based), which every
+// envelope version keeps there (envelope.go). It returns nil for bytes that
+// are not an envelope (shorter than 11 bytes, or without the magic byte
+// 0xE7 = 231): the caller is then handed them, decodes them, finds them
+// corrupt and deletes them. Lua numbers are doubles, which hold Unix
+// milliseconds exactly.
+const expiryLua = `
+local function expiry(v)
+  if #v < 11 or string.byte(v, 1) ~= 231 then return nil end
+  local n = 0
+  for i = 4, 11 do n = n * 256 + string.byte(v, i) end
+  return n
+end
+`
+
+// getOrLeaseScript returns the value if there is one that has not expired;
+// otherwise it tries to take the lease, and when another holds it, marks
+// that someone waits and returns the lease's remaining TTL. Doing it all in
+// one script closes the window between "miss" and "take the lease" in which
+// a value could land. An expired value (logical expiry <= now; Redis keeps
+// it up to MaxStale longer) counts as absent, but is returned too, for a
+// caller whose load fails to fall back on.
 //
 //	KEYS[1] value  KEYS[2] lease  KEYS[3] waiters
-//	ARGV[1] token  ARGV[2] lease TTL in ms
+//	ARGV[1] token  ARGV[2] lease TTL in ms  ARGV[3] now, Unix ms
 //
-// Returns {1, value} | {2, ""} (lease taken) | {3, pttl} (lease held by another).
-var getOrLeaseScript = redis.NewScript(`
+// Returns {1, value} | {2, 0} (lease taken) | {3, pttl} (lease held by
+// another); states 2 and 3 append the expired value when there is one.
+var getOrLeaseScript = redis.NewScript(expiryLua + `
 local v = redis.call('GET', KEYS[1])
-if v then return {1, v} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
+if v then
+  local e = expiry(v)
+  if not e or e > tonumber(ARGV[3]) then return {1, v} end
+end
+local function reply(state, n)
+  if v then return {state, n, v} end
+  return {state, n}
+end
+local holder = redis.call('GET', KEYS[2])
+if not holder then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return reply(2, 0)
+end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
-return {3, redis.call('PTTL', KEYS[2])}
+return reply(3, redis.call('PTTL', KEYS[2]))
 `)
 
 // fillScript is the compare-and-set of a lease holder: it writes the value
