@@ -21,6 +21,11 @@ import (
 //  3. A holder that fails calls [Store.Release] (compare-and-delete, never a
 //     plain DEL). A holder that dies leaves the lease to expire; a waiter's
 //     next GetOrLease then takes it over.
+//  4. A holder that loaded a value it cannot cache (too large) calls
+//     [Store.MarkUncacheable]: the lease key then holds a marker instead of
+//     a token until its TTL runs out or a Set or Delete of the key removes
+//     it, and GetOrLease reports [Uncacheable] instead of handing the lease
+//     to the next node, which would load, fail to cache and release in turn.
 //
 // A value is absent for GetOrLease when its logical expiry (in the envelope,
 // not the Redis TTL) has passed: with fail-safe, Redis keeps values past it.
@@ -45,10 +50,16 @@ const (
 	// has not expired, or bytes that are not an envelope, which the caller
 	// should find corrupt and delete.
 	Found LeaseState = iota + 1
-	// Acquired: Lease is now held by the caller, who should load and Fill.
+	// Acquired: Lease is now held by the caller, who should load and Fill
+	// (or Release, or MarkUncacheable).
 	Acquired
 	// Held: another node holds the lease for about Remaining more.
 	Held
+	// Uncacheable: a holder found the key's value too large to cache and
+	// marked it so (see [Store.MarkUncacheable]). The caller should load
+	// without a lease and not write the result to Redis. The state lasts
+	// until the marker's TTL runs out or a Set or Delete of the key.
+	Uncacheable
 )
 
 // LeaseResult is what [Store.GetOrLease] found.
@@ -57,17 +68,19 @@ type LeaseResult struct {
 	Value     []byte        // with Found
 	Lease     Lease         // with Acquired
 	Remaining time.Duration // with Held
-	// Stale, with Acquired and Held, holds the envelope bytes of the key's
-	// expired value if Redis still has one (fail-safe): not to be served as
-	// a hit, but in place of a load that failed. Nil when there is none.
+	// Stale, with Acquired, Held and Uncacheable, holds the envelope bytes
+	// of the key's expired value if Redis still has one (fail-safe): not to
+	// be served as a hit, but in place of a load that failed. Nil when there
+	// is none.
 	Stale []byte
 }
 
 // GetOrLease returns k's value if there is one that has not expired at now,
 // else takes k's lease for ttl if it is free, else reports that another
-// holds it. See the protocol above. now is the caller's clock: a value
-// expires when now reaches the logical expiry in its envelope, and the
-// nodes' clocks are assumed to agree within what TTLs tolerate.
+// holds it or that the key is uncacheable. See the protocol above. now is
+// the caller's clock: a value expires when now reaches the logical expiry
+// in its envelope, and the nodes' clocks are assumed to agree within what
+// TTLs tolerate.
 func (s *Store) GetOrLease(ctx context.Context, k string, ttl time.Duration, now time.Time) (LeaseResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
@@ -110,6 +123,8 @@ func leaseReply(k, token string, v []any) (LeaseResult, bool) {
 	case 3:
 		pttl, _ := v[1].(int64)
 		r = LeaseResult{State: Held, Remaining: time.Duration(max(pttl, 0)) * time.Millisecond}
+	case 4:
+		r = LeaseResult{State: Uncacheable}
 	default:
 		return LeaseResult{}, false
 	}
@@ -121,6 +136,24 @@ func leaseReply(k, token string, v []any) (LeaseResult, bool) {
 		r.Stale = []byte(stale)
 	}
 	return r, true
+}
+
+// MarkUncacheable, called by the holder of l instead of Fill when the value
+// it loaded cannot be cached (too large), replaces l's token by the
+// uncacheable marker for ttl, if l is still held, and publishes wake if
+// anyone waited. Until the marker expires or a Set or Delete of the key
+// removes it, GetOrLease reports [Uncacheable], so the next nodes load
+// without a lease at once instead of taking it one after another. A lost
+// lease is left alone, silently, as by Release.
+func (s *Store) MarkUncacheable(ctx context.Context, l Lease, ttl time.Duration, wake Announce) error {
+	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	defer cancel()
+	args := wake.scriptArgs(l.Token, ms(ttl))
+	err := markUncacheableScript.Run(ctx, s.rdb, []string{s.leaseKey(l.Key), s.waitersKey(l.Key)}, args...).Err()
+	if err != nil {
+		return s.unavailable("mark-uncacheable script", err)
+	}
+	return nil
 }
 
 // Fill writes value with ttl if l is still held, releases l, and publishes

@@ -201,8 +201,9 @@ func TestFillLostLease(t *testing.T) {
 	})
 }
 
-// TestWrongToken: Fill and Release with a token that is not the lease's do
-// nothing: no write, the lease stays with its holder, no wake.
+// TestWrongToken: Fill, Release and MarkUncacheable with a token that is not
+// the lease's do nothing: no write, the lease stays with its holder, no
+// wake.
 func TestWrongToken(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
@@ -219,6 +220,7 @@ func TestWrongToken(t *testing.T) {
 			{Key: "k", Token: ""},
 			{Key: "k", Token: otherKey.Token}, // a real token, of another key
 			{Key: "k", Token: strings.ToLower(holder.Token)},
+			{Key: "k", Token: uncacheableMarker},
 		} {
 			if forged.Token == holder.Token {
 				continue
@@ -229,6 +231,9 @@ func TestWrongToken(t *testing.T) {
 				}
 				if err := s.Release(ctx, forged, wake); err != nil {
 					t.Errorf("Release with token %q: %v", forged.Token, err)
+				}
+				if err := s.MarkUncacheable(ctx, forged, time.Minute, wake); err != nil {
+					t.Errorf("MarkUncacheable with token %q: %v", forged.Token, err)
 				}
 			}, nil)
 			if len(got) != 0 {
@@ -257,13 +262,15 @@ func TestWake(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
 		name   string
-		end    string // how the holder ends the lease: fill or release
+		end    string // how the holder ends the lease: fill, release or mark (MarkUncacheable)
 		waited bool
 	}{
 		{"fill, waited", "fill", true},
 		{"fill, nobody waited", "fill", false},
 		{"release, waited", "release", true},
 		{"release, nobody waited", "release", false},
+		{"mark uncacheable, waited", "mark", true},
+		{"mark uncacheable, nobody waited", "mark", false},
 	}
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
@@ -279,8 +286,9 @@ func TestWake(t *testing.T) {
 					wait(t, s, "k", time.Minute) // two waiters still wake once
 				}
 				wake := Announce{Channel: ch, Messages: [][]byte{[]byte("w1"), []byte("w2")}}
-				// What the lease key holds once the lease ended: nothing.
-				wantLease := ""
+				// What the lease key holds once the lease ended: nothing, or
+				// the marker.
+				wantLease := map[string]string{"mark": uncacheableMarker}[tc.end]
 				check := func(payload string) {
 					if tok, err := rdb.Get(ctx, s.leaseKey("k")).Result(); tok != wantLease || (wantLease == "") != errors.Is(err, redis.Nil) {
 						t.Errorf("wake %q arrived while the lease key holds %q, %v; want %q", payload, tok, err, wantLease)
@@ -299,6 +307,10 @@ func TestWake(t *testing.T) {
 						if err := s.Release(ctx, l, wake); err != nil {
 							t.Error(err)
 						}
+					case "mark":
+						if err := s.MarkUncacheable(ctx, l, time.Minute, wake); err != nil {
+							t.Error(err)
+						}
 					}
 				}, check)
 				var want []string
@@ -315,7 +327,7 @@ func TestWake(t *testing.T) {
 					t.Fatalf("lease key holds %q, want %q", tok, wantLease)
 				}
 				next, err := s.GetOrLease(ctx, "k", time.Minute, time.Now())
-				wantState := map[string]LeaseState{"fill": Found, "release": Acquired}[tc.end]
+				wantState := map[string]LeaseState{"fill": Found, "release": Acquired, "mark": Uncacheable}[tc.end]
 				if err != nil || next.State != wantState {
 					t.Fatalf("GetOrLease afterwards = %+v, %v; want state %d", next, err, wantState)
 				}
@@ -358,7 +370,7 @@ func withByte(b []byte, i int, c byte) []byte {
 
 // TestGetOrLeaseExpiry: GetOrLease reads the logical expiry in the value's
 // envelope. A value past it counts as absent (the lease is taken, or is
-// held) and comes back as Stale; a live one, or
+// held, or the key is uncacheable) and comes back as Stale; a live one, or
 // bytes that are not an envelope, are Found.
 func TestGetOrLeaseExpiry(t *testing.T) {
 	t.Parallel()
@@ -367,7 +379,7 @@ func TestGetOrLeaseExpiry(t *testing.T) {
 	cases := []struct {
 		name      string
 		value     []byte // in Redis before the call; nil: none
-		lease     string // in the lease key before the call: "" or another's token
+		lease     string // in the lease key before the call: "", another's token, the marker
 		want      LeaseState
 		wantStale bool // value comes back as Stale
 	}{
@@ -376,7 +388,9 @@ func TestGetOrLeaseExpiry(t *testing.T) {
 		{name: "at expiry", value: envelope(now), want: Acquired, wantStale: true},
 		{name: "expired", value: envelope(now.Add(-time.Hour)), want: Acquired, wantStale: true},
 		{name: "expired, lease held", value: envelope(now.Add(-time.Second)), lease: "other", want: Held, wantStale: true},
+		{name: "expired, uncacheable", value: envelope(now.Add(-time.Second)), lease: uncacheableMarker, want: Uncacheable, wantStale: true},
 		{name: "live, lease held", value: envelope(now.Add(time.Second)), lease: "other", want: Found},
+		{name: "live, uncacheable", value: envelope(now.Add(time.Second)), lease: uncacheableMarker, want: Found},
 		{name: "version 1, expired", value: header(0xE7, 1, 0, ms(-time.Second), 0, []byte("x")), want: Acquired, wantStale: true},
 		{name: "version 1, live", value: header(0xE7, 1, 0, ms(time.Second), 0, []byte("x")), want: Found},
 		{name: "negative, expired", value: Envelope{Negative: true, Expiry: now}.AppendBinary(nil), want: Acquired, wantStale: true},
@@ -392,6 +406,7 @@ func TestGetOrLeaseExpiry(t *testing.T) {
 		{name: "expired, wrong magic", value: withByte(envelope(now.Add(-time.Second)), 0, 0xE6), want: Found},
 		{name: "no value", want: Acquired},
 		{name: "no value, lease held", lease: "other", want: Held},
+		{name: "no value, uncacheable", lease: uncacheableMarker, want: Uncacheable},
 	}
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
@@ -432,6 +447,91 @@ func TestGetOrLeaseExpiry(t *testing.T) {
 				// GetOrLease reads; it leaves even an expired value alone.
 				if v, err := rdb.Get(ctx, s.Key(k)).Bytes(); tc.value != nil && (err != nil || !bytes.Equal(v, tc.value)) {
 					t.Fatalf("value after GetOrLease = %x, %v; want it unchanged", v, err)
+				}
+			})
+		}
+	})
+}
+
+// TestUncacheable: once a holder marks its key uncacheable, GetOrLease
+// reports Uncacheable (to every node, without making it wait) until a Set
+// or Delete of the key or the marker's TTL ends it; the holder can no
+// longer Fill or Release.
+func TestUncacheable(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name    string
+		expires bool // the marker gets a short TTL, which end lets run out
+		// end runs after the marker is checked; nil for nothing.
+		end  func(t *testing.T, b backend, s *Store, rdb *redis.Client)
+		want LeaseState // of GetOrLease after end
+	}{
+		{name: "nothing ends it", want: Uncacheable},
+		{name: "set", want: Found, end: func(t *testing.T, _ backend, s *Store, _ *redis.Client) {
+			if err := s.Set(context.Background(), "k", []byte("v"), time.Minute, Announce{}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "delete", want: Acquired, end: func(t *testing.T, _ backend, s *Store, _ *redis.Client) {
+			if err := s.Delete(context.Background(), []string{"k"}, Announce{}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "marker expires", expires: true, want: Acquired, end: func(t *testing.T, b backend, s *Store, rdb *redis.Client) {
+			b.expire(t, rdb, s.leaseKey("k"), b.shortTTL())
+		}},
+	}
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		rdb := redistest.Client(t, b.Addr)
+		for i, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				s := b.store(t, "ns"+strconv.Itoa(i))
+				ttl := time.Minute
+				if tc.expires {
+					ttl = b.shortTTL()
+				}
+				l := acquire(t, s, "k", time.Minute)
+				if err := s.MarkUncacheable(ctx, l, ttl, Announce{}); err != nil {
+					t.Fatal(err)
+				}
+				if pttl, _ := rdb.PTTL(ctx, s.leaseKey("k")).Result(); pttl <= 0 || pttl > ttl {
+					t.Fatalf("marker PTTL = %v, want in (0, %v]", pttl, ttl)
+				}
+				for range 2 { // every node is told, none waits
+					if r, err := s.GetOrLease(ctx, "k", time.Minute, time.Now()); err != nil || r.State != Uncacheable {
+						t.Fatalf("GetOrLease after MarkUncacheable = %+v, %v; want Uncacheable", r, err)
+					}
+				}
+				if n, _ := rdb.Exists(ctx, s.waitersKey("k")).Result(); n != 0 {
+					t.Fatal("GetOrLease of an uncacheable key registered a waiter")
+				}
+				// The marker is no token: not the holder's, not its own.
+				for _, l := range []Lease{l, {Key: "k", Token: uncacheableMarker}} {
+					if ok, err := s.Fill(ctx, l, []byte("loaded"), time.Minute, Announce{}); err != nil || ok {
+						t.Fatalf("Fill with token %q after MarkUncacheable = %v, %v; want false", l.Token, ok, err)
+					}
+					if err := s.Release(ctx, l, Announce{}); err != nil {
+						t.Fatal(err)
+					}
+					if err := s.MarkUncacheable(ctx, l, time.Hour, Announce{}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if tok, _ := rdb.Get(ctx, s.leaseKey("k")).Result(); tok != uncacheableMarker {
+					t.Fatalf("lease key holds %q, want the marker", tok)
+				}
+				if pttl, _ := rdb.PTTL(ctx, s.leaseKey("k")).Result(); pttl > ttl {
+					t.Fatalf("marker PTTL = %v after a second MarkUncacheable, want it not renewed (<= %v)", pttl, ttl)
+				}
+				if _, err := s.Get(ctx, "k"); !errors.Is(err, ErrMiss) {
+					t.Fatalf("Get = %v, want ErrMiss: nothing written", err)
+				}
+				if tc.end != nil {
+					tc.end(t, b, s, rdb)
+				}
+				if r, err := s.GetOrLease(ctx, "k", time.Minute, time.Now()); err != nil || r.State != tc.want {
+					t.Fatalf("GetOrLease at the end = %+v, %v; want state %d", r, err, tc.want)
 				}
 			})
 		}

@@ -8,7 +8,8 @@ import "github.com/redis/go-redis/v9"
 // cannot part.
 
 // setScript writes a value, deletes its lease (so that a load racing this
-// write is discarded), and announces the write.
+// write is discarded, and an uncacheable marker is cleared: the value that
+// could not be cached has just been replaced), and announces the write.
 //
 //	KEYS[1] value  KEYS[2] lease
 //	ARGV[1] value  ARGV[2] TTL in ms  ARGV[3] channel  ARGV[4..] messages
@@ -29,6 +30,11 @@ for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end
 return 1
 `)
 
+// uncacheableMarker is what the lease key holds, instead of a token, after
+// [Store.MarkUncacheable]. Tokens are base32 (rand.Text) and never equal it.
+// The scripts spell it '!'.
+const uncacheableMarker = "!"
+
 // expiryLua defines expiry(v), the logical expiry in Unix ms of envelope
 // bytes v: the big-endian uint64 at bytes 4..11 (1-based), which every
 // envelope version keeps there (envelope.go). It returns nil for bytes that
@@ -46,18 +52,20 @@ end
 `
 
 // getOrLeaseScript returns the value if there is one that has not expired;
-// otherwise it tries to take the lease, and when another holds it, marks
-// that someone waits and returns the lease's remaining TTL. Doing it all in
-// one script closes the window between "miss" and "take the lease" in which
-// a value could land. An expired value (logical expiry <= now; Redis keeps
-// it up to MaxStale longer) counts as absent, but is returned too, for a
-// caller whose load fails to fall back on.
+// otherwise, unless the lease key holds the uncacheable marker, it tries to
+// take the lease, and when another holds it, marks that someone waits and
+// returns the lease's remaining TTL. Doing it all in one script closes the
+// window between "miss" and "take the lease" in which a value could land.
+// An expired value (logical expiry <= now; Redis keeps it up to MaxStale
+// longer) counts as absent, but is returned too, for a caller whose load
+// fails to fall back on.
 //
 //	KEYS[1] value  KEYS[2] lease  KEYS[3] waiters
 //	ARGV[1] token  ARGV[2] lease TTL in ms  ARGV[3] now, Unix ms
 //
 // Returns {1, value} | {2, 0} (lease taken) | {3, pttl} (lease held by
-// another); states 2 and 3 append the expired value when there is one.
+// another) | {4, 0} (uncacheable marker); states 2 to 4 append the expired
+// value when there is one.
 var getOrLeaseScript = redis.NewScript(expiryLua + `
 local v = redis.call('GET', KEYS[1])
 if v then
@@ -69,6 +77,7 @@ local function reply(state, n)
   return {state, n}
 end
 local holder = redis.call('GET', KEYS[2])
+if holder == '!' then return reply(4, 0) end
 if not holder then
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
   return reply(2, 0)
@@ -77,16 +86,35 @@ redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
 return reply(3, redis.call('PTTL', KEYS[2]))
 `)
 
+// markUncacheableScript replaces the holder's token by the uncacheable
+// marker, so that the nodes that come next load without a lease instead of
+// taking it one after another, each failing to cache the same value; and
+// wakes waiters, who then find the marker.
+//
+//	KEYS[1] lease  KEYS[2] waiters
+//	ARGV[1] token  ARGV[2] marker TTL in ms  ARGV[3] channel  ARGV[4..] messages
+//
+// Returns 1 when marked, 0 when the lease was lost.
+var markUncacheableScript = redis.NewScript(`
+if ARGV[1] == '!' or redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], '!', 'PX', ARGV[2])
+if redis.call('DEL', KEYS[2]) == 1 then
+  for i = 4, #ARGV do redis.call('PUBLISH', ARGV[3], ARGV[i]) end
+end
+return 1
+`)
+
 // fillScript is the compare-and-set of a lease holder: it writes the value
 // only while the lease still holds the holder's token, then releases the
-// lease and, if anyone waited, publishes the wake messages.
+// lease and, if anyone waited, publishes the wake messages. A token equal to
+// the uncacheable marker (forged: real tokens never are) holds nothing.
 //
 //	KEYS[1] value  KEYS[2] lease  KEYS[3] waiters
 //	ARGV[1] token  ARGV[2] value  ARGV[3] TTL in ms  ARGV[4] channel  ARGV[5..] messages
 //
 // Returns 1 when written, 0 when the lease was lost (the fill is discarded).
 var fillScript = redis.NewScript(`
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if ARGV[1] == '!' or redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
 if redis.call('DEL', KEYS[3]) == 1 then
@@ -96,12 +124,12 @@ return 1
 `)
 
 // releaseScript deletes the lease only if it still holds the token (never a
-// plain DEL) and wakes waiters.
+// plain DEL; never the uncacheable marker) and wakes waiters.
 //
 //	KEYS[1] lease  KEYS[2] waiters
 //	ARGV[1] token  ARGV[2] channel  ARGV[3..] messages
 var releaseScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[1] == '!' or redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 if redis.call('DEL', KEYS[2]) == 1 then
   for i = 3, #ARGV do redis.call('PUBLISH', ARGV[2], ARGV[i]) end

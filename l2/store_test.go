@@ -331,6 +331,9 @@ var storeOps = []struct {
 	{"Release", func(ctx context.Context, s *Store) error {
 		return s.Release(ctx, Lease{Key: "k", Token: "t"}, Announce{})
 	}},
+	{"MarkUncacheable", func(ctx context.Context, s *Store) error {
+		return s.MarkUncacheable(ctx, Lease{Key: "k", Token: "t"}, time.Minute, Announce{})
+	}},
 }
 
 // checkUnavailable runs every op on s and checks that each fails with an
