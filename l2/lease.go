@@ -3,6 +3,7 @@ package l2
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"time"
 )
@@ -30,7 +31,8 @@ import (
 // A value is absent for GetOrLease when its logical expiry (in the envelope,
 // not the Redis TTL) has passed: with fail-safe, Redis keeps values past it.
 // GetOrLease then returns the expired bytes beside the lease state, for a
-// caller whose load fails to serve instead.
+// caller whose load fails to serve instead. [Store.RefreshLease] takes the
+// lease for a refresh-ahead load of a value that has not expired.
 //
 // The lease is an efficiency device: it makes the fleet load a cold key once.
 // Correctness does not depend on it: the compare-and-set keeps stale loads
@@ -42,13 +44,13 @@ type Lease struct {
 	Token string // random; proves ownership to Fill and Release
 }
 
-// LeaseState is the outcome of [Store.GetOrLease].
+// LeaseState is the outcome of [Store.GetOrLease] and [Store.RefreshLease].
 type LeaseState int
 
 const (
-	// Found: Value holds the envelope bytes that were in Redis: a value that
-	// has not expired, or bytes that are not an envelope, which the caller
-	// should find corrupt and delete.
+	// Found: Value holds the envelope bytes that were in Redis (for
+	// GetOrLease, a value that has not expired, or bytes that are not an
+	// envelope, which the caller should find corrupt and delete).
 	Found LeaseState = iota + 1
 	// Acquired: Lease is now held by the caller, who should load and Fill
 	// (or Release, or MarkUncacheable).
@@ -62,16 +64,16 @@ const (
 	Uncacheable
 )
 
-// LeaseResult is what [Store.GetOrLease] found.
+// LeaseResult is what [Store.GetOrLease] or [Store.RefreshLease] found.
 type LeaseResult struct {
 	State     LeaseState
 	Value     []byte        // with Found
 	Lease     Lease         // with Acquired
 	Remaining time.Duration // with Held
-	// Stale, with Acquired, Held and Uncacheable, holds the envelope bytes
-	// of the key's expired value if Redis still has one (fail-safe): not to
-	// be served as a hit, but in place of a load that failed. Nil when there
-	// is none.
+	// Stale, with Acquired, Held and Uncacheable from GetOrLease, holds the
+	// envelope bytes of the key's expired value if Redis still has one
+	// (fail-safe): not to be served as a hit, but in place of a load that
+	// failed. Nil when there is none (and always from RefreshLease).
 	Stale []byte
 }
 
@@ -106,8 +108,8 @@ func getOrLeaseArgs(token string, ttl time.Duration, now time.Time) []any {
 	return []any{token, ms(ttl), now.UnixMilli()}
 }
 
-// leaseReply parses the reply of getOrLeaseScript, run for user key k with
-// token. It reports false for a reply of another shape.
+// leaseReply parses the reply of getOrLeaseScript or refreshLeaseScript, run
+// for user key k with token. It reports false for a reply of another shape.
 func leaseReply(k, token string, v []any) (LeaseResult, bool) {
 	if len(v) < 2 || len(v) > 3 {
 		return LeaseResult{}, false
@@ -138,13 +140,37 @@ func leaseReply(k, token string, v []any) (LeaseResult, bool) {
 	return r, true
 }
 
+// RefreshLease takes k's lease for ttl for a refresh-ahead load of the
+// value the caller read, whose logical expiry was seen. If k now holds a
+// value with another logical expiry (it was replaced since it was read),
+// or bytes that are not an envelope, it returns Found with them and takes
+// nothing. Otherwise (the same value, or none) it returns Acquired, Held
+// (without registering the caller as a waiter: it serves what it has), or
+// Uncacheable. The holder ends the lease as after GetOrLease: a Set or
+// Delete during the load makes its Fill fail.
+func (s *Store) RefreshLease(ctx context.Context, k string, seen time.Time, ttl time.Duration) (LeaseResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	defer cancel()
+	token := rand.Text()
+	seenBytes := binary.BigEndian.AppendUint64(nil, uint64(seen.UnixMilli()))
+	v, err := refreshLeaseScript.Run(ctx, s.rdb, []string{s.Key(k), s.leaseKey(k)}, token, ms(ttl), seenBytes).Slice()
+	if err != nil {
+		return LeaseResult{}, s.unavailable("refresh-lease script", err)
+	}
+	r, ok := leaseReply(k, token, v)
+	if !ok || r.Stale != nil {
+		return LeaseResult{}, s.unavailable("refresh-lease script", fmt.Errorf("unexpected reply %v", v))
+	}
+	return r, nil
+}
+
 // MarkUncacheable, called by the holder of l instead of Fill when the value
 // it loaded cannot be cached (too large), replaces l's token by the
 // uncacheable marker for ttl, if l is still held, and publishes wake if
 // anyone waited. Until the marker expires or a Set or Delete of the key
-// removes it, GetOrLease reports [Uncacheable], so the next nodes load
-// without a lease at once instead of taking it one after another. A lost
-// lease is left alone, silently, as by Release.
+// removes it, GetOrLease and RefreshLease report [Uncacheable], so the next
+// nodes load without a lease at once instead of taking it one after
+// another. A lost lease is left alone, silently, as by Release.
 func (s *Store) MarkUncacheable(ctx context.Context, l Lease, ttl time.Duration, wake Announce) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()

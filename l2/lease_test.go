@@ -537,3 +537,129 @@ func TestUncacheable(t *testing.T) {
 		}
 	})
 }
+
+// TestRefreshLease: RefreshLease takes the lease for a refresh-ahead load
+// of the value the caller saw, returns the value if it was replaced, and
+// never registers a waiter.
+func TestRefreshLease(t *testing.T) {
+	t.Parallel()
+	seen := time.UnixMilli(1_700_000_000_000)
+	cases := []struct {
+		name  string
+		value []byte // in Redis; nil: none
+		lease string // in the lease key: "", another's token, the marker
+		want  LeaseState
+	}{
+		{name: "same value", value: envelope(seen), want: Acquired},
+		{name: "same value, lease held", value: envelope(seen), lease: "other", want: Held},
+		{name: "same value, uncacheable", value: envelope(seen), lease: uncacheableMarker, want: Uncacheable},
+		{name: "same value, refresh point set", value: Envelope{Expiry: seen, Fresh: seen.Add(-time.Second)}.AppendBinary(nil), want: Acquired},
+		{name: "same expiry, version 1", value: header(0xE7, 1, 0, uint64(seen.UnixMilli()), 0, nil), want: Acquired},
+		{name: "no value", want: Acquired},
+		{name: "replaced", value: envelope(seen.Add(time.Millisecond)), want: Found},
+		{name: "replaced by an earlier expiry", value: envelope(seen.Add(-time.Hour)), want: Found},
+		{name: "replaced, lease held", value: envelope(seen.Add(time.Second)), lease: "other", want: Found},
+		{name: "not an envelope", value: []byte("v"), want: Found},
+		{name: "same expiry bytes, wrong magic", value: withByte(envelope(seen), 0, 0xE6), want: Found},
+	}
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		s, rdb := b.store(t, "ns"), redistest.Client(t, b.Addr)
+		for i, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				k := strconv.Itoa(i)
+				if tc.value != nil {
+					if err := rdb.Set(ctx, s.Key(k), tc.value, time.Minute).Err(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if tc.lease != "" {
+					if err := rdb.Set(ctx, s.leaseKey(k), tc.lease, time.Minute).Err(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				r, err := s.RefreshLease(ctx, k, seen, time.Minute)
+				if err != nil || r.State != tc.want || r.Stale != nil {
+					t.Fatalf("RefreshLease = %+v, %v; want state %d, no Stale", r, err, tc.want)
+				}
+				wantLease := tc.lease
+				switch tc.want {
+				case Found:
+					if !bytes.Equal(r.Value, tc.value) {
+						t.Fatalf("Value = %x, want %x", r.Value, tc.value)
+					}
+				case Acquired:
+					if r.Lease.Key != k || r.Lease.Token == "" {
+						t.Fatalf("Lease = %+v, want a token for %q", r.Lease, k)
+					}
+					wantLease = r.Lease.Token
+				case Held:
+					if r.Remaining <= 0 || r.Remaining > time.Minute {
+						t.Fatalf("Remaining = %v, want in (0, 1m]", r.Remaining)
+					}
+				}
+				if tok, _ := rdb.Get(ctx, s.leaseKey(k)).Result(); tok != wantLease {
+					t.Fatalf("lease key holds %q, want %q", tok, wantLease)
+				}
+				if n, _ := rdb.Exists(ctx, s.waitersKey(k)).Result(); n != 0 {
+					t.Fatal("RefreshLease registered a waiter")
+				}
+			})
+		}
+	})
+}
+
+// TestRefreshLeaseFill: the refresh's Fill is the compare-and-set of any
+// holder: a write of the key during the refresh makes it fail, so the
+// refresh cannot overwrite a newer value.
+func TestRefreshLeaseFill(t *testing.T) {
+	t.Parallel()
+	seen := time.Now().Add(time.Hour)
+	cases := []struct {
+		name   string
+		during func(t *testing.T, s *Store) // runs between RefreshLease and Fill
+		wantOK bool
+		want   []byte // in Redis afterwards; nil: none
+	}{
+		{name: "nothing happened", wantOK: true, want: []byte("refreshed"),
+			during: func(*testing.T, *Store) {}},
+		{name: "set during the refresh", want: []byte("written"),
+			during: func(t *testing.T, s *Store) {
+				if err := s.Set(context.Background(), "k", []byte("written"), time.Minute, Announce{}); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		{name: "delete during the refresh",
+			during: func(t *testing.T, s *Store) {
+				if err := s.Delete(context.Background(), []string{"k"}, Announce{}); err != nil {
+					t.Fatal(err)
+				}
+			}},
+	}
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		for i, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				s := b.store(t, "ns"+strconv.Itoa(i))
+				if err := s.Set(ctx, "k", envelope(seen), time.Hour, Announce{}); err != nil {
+					t.Fatal(err)
+				}
+				r, err := s.RefreshLease(ctx, "k", seen, time.Minute)
+				if err != nil || r.State != Acquired {
+					t.Fatalf("RefreshLease = %+v, %v; want Acquired", r, err)
+				}
+				tc.during(t, s)
+				if ok, err := s.Fill(ctx, r.Lease, []byte("refreshed"), time.Minute, Announce{}); err != nil || ok != tc.wantOK {
+					t.Fatalf("Fill = %v, %v; want %v", ok, err, tc.wantOK)
+				}
+				v, err := s.Get(ctx, "k")
+				switch {
+				case tc.want == nil && !errors.Is(err, ErrMiss):
+					t.Fatalf("Get = %q, %v; want ErrMiss", v, err)
+				case tc.want != nil && (err != nil || !bytes.Equal(v, tc.want)):
+					t.Fatalf("Get = %q, %v; want %q", v, err, tc.want)
+				}
+			})
+		}
+	})
+}

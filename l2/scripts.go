@@ -86,6 +86,31 @@ redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
 return reply(3, redis.call('PTTL', KEYS[2]))
 `)
 
+// refreshLeaseScript takes the lease for a refresh-ahead load of a value
+// the caller read, unless the value was replaced since: then it returns
+// the new one. Unlike getOrLeaseScript it does not mark waiters when the
+// lease is held: the caller serves the value it has and does not wait.
+// "Replaced" is told by the logical expiry, compared as the 8 raw bytes
+// (exact, with no detour through Lua's doubles); bytes that are not an
+// envelope are returned as found, for the caller to delete.
+//
+//	KEYS[1] value  KEYS[2] lease
+//	ARGV[1] token  ARGV[2] lease TTL in ms  ARGV[3] the expiry seen, 8 bytes big-endian
+//
+// Returns {1, value} | {2, 0} (lease taken) | {3, pttl} (lease held) |
+// {4, 0} (uncacheable marker).
+var refreshLeaseScript = redis.NewScript(expiryLua + `
+local v = redis.call('GET', KEYS[1])
+if v and (not expiry(v) or string.sub(v, 4, 11) ~= ARGV[3]) then return {1, v} end
+local holder = redis.call('GET', KEYS[2])
+if holder == '!' then return {4, 0} end
+if not holder then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return {2, 0}
+end
+return {3, redis.call('PTTL', KEYS[2])}
+`)
+
 // markUncacheableScript replaces the holder's token by the uncacheable
 // marker, so that the nodes that come next load without a lease instead of
 // taking it one after another, each failing to cache the same value; and

@@ -331,6 +331,10 @@ var storeOps = []struct {
 	{"Release", func(ctx context.Context, s *Store) error {
 		return s.Release(ctx, Lease{Key: "k", Token: "t"}, Announce{})
 	}},
+	{"RefreshLease", func(ctx context.Context, s *Store) error {
+		_, err := s.RefreshLease(ctx, "k", time.Now(), time.Second)
+		return err
+	}},
 	{"MarkUncacheable", func(ctx context.Context, s *Store) error {
 		return s.MarkUncacheable(ctx, Lease{Key: "k", Token: "t"}, time.Minute, Announce{})
 	}},
