@@ -338,6 +338,21 @@ var storeOps = []struct {
 	{"MarkUncacheable", func(ctx context.Context, s *Store) error {
 		return s.MarkUncacheable(ctx, Lease{Key: "k", Token: "t"}, time.Minute, Announce{})
 	}},
+	{"GetMany", func(ctx context.Context, s *Store) error {
+		_, err := s.GetMany(ctx, []string{"a", "b"})
+		return err
+	}},
+	{"GetOrLeaseMany", func(ctx context.Context, s *Store) error {
+		_, err := s.GetOrLeaseMany(ctx, []string{"a", "b"}, time.Second, time.Now())
+		return err
+	}},
+	{"FillMany", func(ctx context.Context, s *Store) error {
+		_, err := s.FillMany(ctx, []Fill{{Lease: Lease{Key: "a", Token: "t"}}, {Lease: Lease{Key: "b", Token: "t"}}})
+		return err
+	}},
+	{"ReleaseMany", func(ctx context.Context, s *Store) error {
+		return s.ReleaseMany(ctx, []Lease{{Key: "a", Token: "t"}, {Key: "b", Token: "t"}}, nil)
+	}},
 }
 
 // checkUnavailable runs every op on s and checks that each fails with an
