@@ -38,14 +38,18 @@ type BatchError struct {
 
 // Error implements error.
 func (e *BatchError) Error() string {
-	n, first := 0, error(nil)
+	var (
+		n     int
+		first error
+	)
 	for _, err := range e.Errs {
-		if err != nil && first == nil {
+		if err == nil {
+			continue
+		}
+		if n == 0 {
 			first = err
 		}
-		if err != nil {
-			n++
-		}
+		n++
 	}
 	return fmt.Sprintf("l2: %d of %d batch entries failed; the first: %v", n, len(e.Errs), first)
 }
@@ -184,10 +188,10 @@ func (s *Store) GetOrLeaseMany(ctx context.Context, keys []string, ttl time.Dura
 
 // Fill is one entry of [Store.FillMany]: the arguments of [Store.Fill].
 type Fill struct {
-	Lease Lease
-	Value []byte
-	TTL   time.Duration
-	Wake  Announce
+	Lease Lease         // the held lease
+	Value []byte        // the envelope bytes to write
+	TTL   time.Duration // of the value in Redis
+	Wake  Announce      // published if anyone waited for the lease
 }
 
 // FillMany runs [Store.Fill] for each of fills, in one pipeline. filled[i]
