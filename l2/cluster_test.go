@@ -1,9 +1,11 @@
 package l2
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -69,6 +71,10 @@ func TestCluster(t *testing.T) {
 	t.Run("MultiKeyDelete", func(t *testing.T) {
 		clusterMultiKeyDelete(t, rdb)
 	})
+
+	t.Run("Batch", func(t *testing.T) {
+		clusterBatch(t, cl)
+	})
 }
 
 // clusterKeyLifecycle walks k through every Store operation on the cluster.
@@ -78,17 +84,17 @@ func clusterKeyLifecycle(t *testing.T, s *Store, rdb *redis.ClusterClient, k str
 	const ttl = time.Minute
 
 	// A cold key: the lease is taken, a second caller waits, the holder fills.
-	r, err := s.GetOrLease(ctx, k, ttl)
+	r, err := s.GetOrLease(ctx, k, ttl, time.Now())
 	if err != nil || r.State != Acquired {
 		t.Fatalf("GetOrLease = %+v, %v; want Acquired", r, err)
 	}
-	if w, err := s.GetOrLease(ctx, k, ttl); err != nil || w.State != Held {
+	if w, err := s.GetOrLease(ctx, k, ttl, time.Now()); err != nil || w.State != Held {
 		t.Fatalf("second GetOrLease = %+v, %v; want Held", w, err)
 	}
 	if ok, err := s.Fill(ctx, r.Lease, []byte("filled"), ttl, ann); err != nil || !ok {
 		t.Fatalf("Fill = %v, %v; want true", ok, err)
 	}
-	if f, err := s.GetOrLease(ctx, k, ttl); err != nil || f.State != Found || string(f.Value) != "filled" {
+	if f, err := s.GetOrLease(ctx, k, ttl, time.Now()); err != nil || f.State != Found || string(f.Value) != "filled" {
 		t.Fatalf("GetOrLease after Fill = %+v, %v; want Found filled", f, err)
 	}
 	// The value is where the layout says, under the escaped name.
@@ -110,17 +116,17 @@ func clusterKeyLifecycle(t *testing.T, s *Store, rdb *redis.ClusterClient, k str
 	}
 
 	// A released lease is free again.
-	r, err = s.GetOrLease(ctx, k, ttl)
+	r, err = s.GetOrLease(ctx, k, ttl, time.Now())
 	if err != nil || r.State != Acquired {
 		t.Fatalf("GetOrLease after delete = %+v, %v; want Acquired", r, err)
 	}
-	if w, err := s.GetOrLease(ctx, k, ttl); err != nil || w.State != Held {
+	if w, err := s.GetOrLease(ctx, k, ttl, time.Now()); err != nil || w.State != Held {
 		t.Fatalf("GetOrLease of a held lease = %+v, %v; want Held", w, err)
 	}
 	if err := s.Release(ctx, r.Lease, ann); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
-	r, err = s.GetOrLease(ctx, k, ttl)
+	r, err = s.GetOrLease(ctx, k, ttl, time.Now())
 	if err != nil || r.State != Acquired {
 		t.Fatalf("GetOrLease after Release = %+v, %v; want Acquired", r, err)
 	}
@@ -160,7 +166,7 @@ func clusterMultiKeyDelete(t *testing.T, rdb *redis.ClusterClient) {
 		if err := s.Set(ctx, k, []byte("v"), time.Minute, Announce{}); err != nil {
 			t.Fatalf("Set(%q): %v", k, err)
 		}
-		if _, err := s.GetOrLease(ctx, k+"/leased", time.Minute); err != nil {
+		if _, err := s.GetOrLease(ctx, k+"/leased", time.Minute, time.Now()); err != nil {
 			t.Fatalf("GetOrLease(%q): %v", k+"/leased", err)
 		}
 		slots[slot(s.Key(k))] = true
@@ -194,5 +200,133 @@ func clusterMultiKeyDelete(t *testing.T, rdb *redis.ClusterClient) {
 	msg, err := ps.ReceiveMessage(ctx)
 	if err != nil || msg.Payload != "deleted" {
 		t.Fatalf("announcement = %+v, %v; want deleted", msg, err)
+	}
+}
+
+// clusterBatch: GetMany and GetOrLeaseMany over keys of every master, each
+// one pipeline that go-redis splits by node; and after one master lost its
+// scripts, only that master's keys are sent again.
+func clusterBatch(t *testing.T, cl *redistest.Cluster) {
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	rdb := cl.Client(t)
+	log := &cmdLog{}
+	rdb.AddHook(log)
+	s, err := New(rdb, &Options{Namespace: "batch", OpTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// masterOf returns the address of the master of k's keys.
+	masterOf := func(k string) string {
+		t.Helper()
+		c, err := rdb.MasterForKey(ctx, s.Key(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Options().Addr
+	}
+	keys := slices.Concat([]string{"plain", "user:42", "", "~", "{x}"}, clusterKeys)
+	for i := range 8 {
+		keys = append(keys, "k"+strconv.Itoa(i))
+	}
+	masters := make(map[string]bool)
+	for _, k := range keys {
+		masters[masterOf(k)] = true
+	}
+	if len(masters) != len(cl.Addrs) {
+		t.Fatalf("the keys fall on %d of %d masters; the test needs all", len(masters), len(cl.Addrs))
+	}
+
+	// Every other key has a value.
+	now := time.Now()
+	want := make([][]byte, len(keys))
+	for i, k := range keys {
+		if i%2 == 0 {
+			want[i] = envelope(now.Add(time.Hour + time.Duration(i)*time.Millisecond))
+			if err := s.Set(ctx, k, want[i], time.Minute, Announce{}); err != nil {
+				t.Fatalf("Set(%q): %v", k, err)
+			}
+		}
+	}
+	log.take()
+	got, err := s.GetMany(ctx, keys)
+	if err != nil || len(got) != len(keys) {
+		t.Fatalf("GetMany = %q, %v", got, err)
+	}
+	for i, k := range keys {
+		if !bytes.Equal(got[i], want[i]) || (got[i] == nil) != (want[i] == nil) {
+			t.Errorf("GetMany: %q = %x, want %x", k, got[i], want[i])
+		}
+	}
+	if sent := log.take(); !slices.Equal(sent, []string{pipeline("get", len(keys))}) {
+		t.Fatalf("GetMany sent %q, want one pipeline of %d GETs", sent, len(keys))
+	}
+
+	rs, err := s.GetOrLeaseMany(ctx, keys, time.Minute, now)
+	if err != nil || len(rs) != len(keys) {
+		t.Fatalf("GetOrLeaseMany = %+v, %v", rs, err)
+	}
+	var fills []Fill
+	for i, r := range rs {
+		switch {
+		case want[i] != nil && (r.State != Found || !bytes.Equal(r.Value, want[i])):
+			t.Errorf("GetOrLeaseMany: %q = %+v, want Found %x", keys[i], r, want[i])
+		case want[i] == nil && (r.State != Acquired || r.Lease.Key != keys[i]):
+			t.Errorf("GetOrLeaseMany: %q = %+v, want Acquired", keys[i], r)
+		case r.State == Acquired:
+			fills = append(fills, Fill{Lease: r.Lease, Value: []byte("filled"), TTL: time.Minute})
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	// A second batch finds the leases held.
+	rs, err = s.GetOrLeaseMany(ctx, keys, time.Minute, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range rs {
+		if want[i] == nil && r.State != Held {
+			t.Errorf("second GetOrLeaseMany: %q = %+v, want Held", keys[i], r)
+		}
+	}
+	filled, err := s.FillMany(ctx, fills)
+	if err != nil || slices.Contains(filled, false) {
+		t.Fatalf("FillMany = %v, %v; want all filled", filled, err)
+	}
+	if got, err := s.GetMany(ctx, keys); err != nil || slices.ContainsFunc(got, func(v []byte) bool { return v == nil }) {
+		t.Fatalf("GetMany after FillMany = %q, %v; want every key filled", got, err)
+	}
+
+	// One master loses its scripts: GetOrLeaseMany loads the script and
+	// resends only that master's keys.
+	flushed := cl.Addrs[0]
+	if err := redistest.Client(t, flushed).ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	fresh := make([]string, len(keys))
+	onFlushed := 0
+	for i, k := range keys {
+		fresh[i] = k + "/fresh"
+		if masterOf(fresh[i]) == flushed {
+			onFlushed++
+		}
+	}
+	if onFlushed == 0 || onFlushed == len(fresh) {
+		t.Fatalf("%d of %d keys on the flushed master; the test needs some, not all", onFlushed, len(fresh))
+	}
+	log.take()
+	rs, err = s.GetOrLeaseMany(ctx, fresh, time.Minute, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range rs {
+		if r.State != Acquired {
+			t.Errorf("GetOrLeaseMany after SCRIPT FLUSH: %q = %+v, want Acquired", fresh[i], r)
+		}
+	}
+	wantSent := []string{pipeline("evalsha", len(fresh)), "script load", pipeline("evalsha", onFlushed)}
+	if sent := log.take(); !slices.Equal(sent, wantSent) {
+		t.Fatalf("GetOrLeaseMany after SCRIPT FLUSH on one master sent %q, want %q", sent, wantSent)
 	}
 }

@@ -11,8 +11,12 @@
 // [ErrUnavailable] for a Redis failure, [ErrCorrupt] for bytes that do not
 // decode.
 //
+// Batch operations ([Store.GetMany], [Store.GetOrLeaseMany],
+// [Store.FillMany], [Store.ReleaseMany]) take one round trip for many keys,
+// and report keys that failed alone with a [BatchError].
+//
 // The envelope format is in envelope.go, the lease protocol in lease.go, the
-// scripts in scripts.go. This package knows nothing of the L1 tier or of the
+// batch operations in batch.go, the scripts in scripts.go. This package knows nothing of the L1 tier or of the
 // message format of the invalidation bus: writes take already-encoded
 // messages in an [Announce] and publish them from the same script.
 package l2

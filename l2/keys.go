@@ -3,7 +3,8 @@ package l2
 // Key layout. For a user key k in namespace ns a Store uses three Redis keys:
 //
 //	ns:{t}          the value (an envelope)
-//	ns:{t}:lease    the lease token of the node loading k
+//	ns:{t}:lease    the lease token of the node loading k, or the
+//	                uncacheable marker
 //	ns:{t}:waiters  set while another node waits for the lease
 //
 // where t is k escaped: t = "~"+k when k is empty or starts with '}' or with

@@ -1,6 +1,7 @@
 package l2
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strconv"
@@ -16,7 +17,7 @@ import (
 // acquire takes k's lease and fails the test unless it was free.
 func acquire(t *testing.T, s *Store, k string, ttl time.Duration) Lease {
 	t.Helper()
-	r, err := s.GetOrLease(context.Background(), k, ttl)
+	r, err := s.GetOrLease(context.Background(), k, ttl, time.Now())
 	if err != nil || r.State != Acquired {
 		t.Fatalf("GetOrLease(%q) = %+v, %v; want Acquired", k, r, err)
 	}
@@ -27,7 +28,7 @@ func acquire(t *testing.T, s *Store, k string, ttl time.Duration) Lease {
 // holds it.
 func wait(t *testing.T, s *Store, k string, ttl time.Duration) LeaseResult {
 	t.Helper()
-	r, err := s.GetOrLease(context.Background(), k, ttl)
+	r, err := s.GetOrLease(context.Background(), k, ttl, time.Now())
 	if err != nil || r.State != Held {
 		t.Fatalf("GetOrLease(%q) = %+v, %v; want Held", k, r, err)
 	}
@@ -44,7 +45,7 @@ func TestGetOrLease(t *testing.T) {
 		s, rdb := b.store(t, "ns"), redistest.Client(t, b.Addr)
 		const ttl = time.Minute
 
-		first, err := s.GetOrLease(ctx, "k", ttl)
+		first, err := s.GetOrLease(ctx, "k", ttl, time.Now())
 		if err != nil || first.State != Acquired || first.Lease.Key != "k" || first.Lease.Token == "" || first.Value != nil {
 			t.Fatalf("first GetOrLease = %+v, %v; want Acquired with a token for k", first, err)
 		}
@@ -55,7 +56,7 @@ func TestGetOrLease(t *testing.T) {
 			t.Fatalf("lease PTTL = %v, want in (0, %v]", pttl, ttl)
 		}
 
-		second, err := s.GetOrLease(ctx, "k", ttl)
+		second, err := s.GetOrLease(ctx, "k", ttl, time.Now())
 		if err != nil || second.State != Held || second.Remaining <= 0 || second.Remaining > ttl || second.Lease != (Lease{}) {
 			t.Fatalf("second GetOrLease = %+v, %v; want Held with Remaining in (0, %v]", second, err, ttl)
 		}
@@ -63,7 +64,7 @@ func TestGetOrLease(t *testing.T) {
 		if ok, err := s.Fill(ctx, first.Lease, []byte("v"), time.Hour, Announce{}); err != nil || !ok {
 			t.Fatalf("Fill by the holder = %v, %v; want true", ok, err)
 		}
-		third, err := s.GetOrLease(ctx, "k", ttl)
+		third, err := s.GetOrLease(ctx, "k", ttl, time.Now())
 		if err != nil || third.State != Found || string(third.Value) != "v" {
 			t.Fatalf("GetOrLease after Fill = %+v, %v; want Found v", third, err)
 		}
@@ -88,7 +89,7 @@ func TestGetOrLeaseFindsEmptyValue(t *testing.T) {
 		if err := s.Set(ctx, "k", []byte{}, time.Minute, Announce{}); err != nil {
 			t.Fatal(err)
 		}
-		r, err := s.GetOrLease(ctx, "k", time.Minute)
+		r, err := s.GetOrLease(ctx, "k", time.Minute, time.Now())
 		if err != nil || r.State != Found || len(r.Value) != 0 {
 			t.Fatalf("GetOrLease = %+v, %v; want Found with an empty value", r, err)
 		}
@@ -200,8 +201,9 @@ func TestFillLostLease(t *testing.T) {
 	})
 }
 
-// TestWrongToken: Fill and Release with a token that is not the lease's do
-// nothing: no write, the lease stays with its holder, no wake.
+// TestWrongToken: Fill, Release and MarkUncacheable with a token that is not
+// the lease's do nothing: no write, the lease stays with its holder, no
+// wake.
 func TestWrongToken(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
@@ -218,6 +220,7 @@ func TestWrongToken(t *testing.T) {
 			{Key: "k", Token: ""},
 			{Key: "k", Token: otherKey.Token}, // a real token, of another key
 			{Key: "k", Token: strings.ToLower(holder.Token)},
+			{Key: "k", Token: uncacheableMarker},
 		} {
 			if forged.Token == holder.Token {
 				continue
@@ -228,6 +231,9 @@ func TestWrongToken(t *testing.T) {
 				}
 				if err := s.Release(ctx, forged, wake); err != nil {
 					t.Errorf("Release with token %q: %v", forged.Token, err)
+				}
+				if err := s.MarkUncacheable(ctx, forged, time.Minute, wake); err != nil {
+					t.Errorf("MarkUncacheable with token %q: %v", forged.Token, err)
 				}
 			}, nil)
 			if len(got) != 0 {
@@ -256,13 +262,15 @@ func TestWake(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
 		name   string
-		fill   bool // Fill, else Release
+		end    string // how the holder ends the lease: fill, release or mark (MarkUncacheable)
 		waited bool
 	}{
-		{"fill, waited", true, true},
-		{"fill, nobody waited", true, false},
-		{"release, waited", false, true},
-		{"release, nobody waited", false, false},
+		{"fill, waited", "fill", true},
+		{"fill, nobody waited", "fill", false},
+		{"release, waited", "release", true},
+		{"release, nobody waited", "release", false},
+		{"mark uncacheable, waited", "mark", true},
+		{"mark uncacheable, nobody waited", "mark", false},
 	}
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
@@ -278,21 +286,31 @@ func TestWake(t *testing.T) {
 					wait(t, s, "k", time.Minute) // two waiters still wake once
 				}
 				wake := Announce{Channel: ch, Messages: [][]byte{[]byte("w1"), []byte("w2")}}
+				// What the lease key holds once the lease ended: nothing, or
+				// the marker.
+				wantLease := map[string]string{"mark": uncacheableMarker}[tc.end]
 				check := func(payload string) {
-					if n, err := rdb.Exists(ctx, s.leaseKey("k")).Result(); err != nil || n != 0 {
-						t.Errorf("wake %q arrived while the lease still exists (%v)", payload, err)
+					if tok, err := rdb.Get(ctx, s.leaseKey("k")).Result(); tok != wantLease || (wantLease == "") != errors.Is(err, redis.Nil) {
+						t.Errorf("wake %q arrived while the lease key holds %q, %v; want %q", payload, tok, err, wantLease)
 					}
-					if v, err := rdb.Get(ctx, s.Key("k")).Result(); tc.fill && (err != nil || v != "v") {
+					if v, err := rdb.Get(ctx, s.Key("k")).Result(); tc.end == "fill" && (err != nil || v != "v") {
 						t.Errorf("wake %q arrived before the value: %q, %v", payload, v, err)
 					}
 				}
 				got := sub.collect(nil, func() {
-					if tc.fill {
+					switch tc.end {
+					case "fill":
 						if ok, err := s.Fill(ctx, l, []byte("v"), time.Minute, wake); err != nil || !ok {
 							t.Errorf("Fill = %v, %v", ok, err)
 						}
-					} else if err := s.Release(ctx, l, wake); err != nil {
-						t.Error(err)
+					case "release":
+						if err := s.Release(ctx, l, wake); err != nil {
+							t.Error(err)
+						}
+					case "mark":
+						if err := s.MarkUncacheable(ctx, l, time.Minute, wake); err != nil {
+							t.Error(err)
+						}
 					}
 				}, check)
 				var want []string
@@ -302,11 +320,14 @@ func TestWake(t *testing.T) {
 				if strings.Join(got, "|") != strings.Join(want, "|") {
 					t.Fatalf("published %q, want %q", got, want)
 				}
-				if n, _ := rdb.Exists(ctx, s.leaseKey("k"), s.waitersKey("k")).Result(); n != 0 {
-					t.Fatalf("%d of the lease and waiters keys survived", n)
+				if n, _ := rdb.Exists(ctx, s.waitersKey("k")).Result(); n != 0 {
+					t.Fatal("the waiters key survived")
 				}
-				next, err := s.GetOrLease(ctx, "k", time.Minute)
-				wantState := map[bool]LeaseState{true: Found, false: Acquired}[tc.fill]
+				if tok, _ := rdb.Get(ctx, s.leaseKey("k")).Result(); tok != wantLease {
+					t.Fatalf("lease key holds %q, want %q", tok, wantLease)
+				}
+				next, err := s.GetOrLease(ctx, "k", time.Minute, time.Now())
+				wantState := map[string]LeaseState{"fill": Found, "release": Acquired, "mark": Uncacheable}[tc.end]
 				if err != nil || next.State != wantState {
 					t.Fatalf("GetOrLease afterwards = %+v, %v; want state %d", next, err, wantState)
 				}
@@ -330,6 +351,315 @@ func TestLeaseExpiry(t *testing.T) {
 		next := acquire(t, s, "k", time.Minute)
 		if next.Token == dead.Token {
 			t.Fatal("the new holder got the dead holder's token")
+		}
+	})
+}
+
+// envelope returns the envelope bytes of a value with the given logical
+// expiry.
+func envelope(expiry time.Time) []byte {
+	return Envelope{Expiry: expiry, Payload: []byte(`"v"`)}.AppendBinary(nil)
+}
+
+// withByte returns a copy of b with b[i] set to c.
+func withByte(b []byte, i int, c byte) []byte {
+	b = bytes.Clone(b)
+	b[i] = c
+	return b
+}
+
+// TestGetOrLeaseExpiry: GetOrLease reads the logical expiry in the value's
+// envelope. A value past it counts as absent (the lease is taken, or is
+// held, or the key is uncacheable) and comes back as Stale; a live one, or
+// bytes that are not an envelope, are Found.
+func TestGetOrLeaseExpiry(t *testing.T) {
+	t.Parallel()
+	now := time.UnixMilli(1_700_000_000_000)
+	ms := func(d time.Duration) uint64 { return uint64(now.Add(d).UnixMilli()) }
+	cases := []struct {
+		name      string
+		value     []byte // in Redis before the call; nil: none
+		lease     string // in the lease key before the call: "", another's token, the marker
+		want      LeaseState
+		wantStale bool // value comes back as Stale
+	}{
+		{name: "live", value: envelope(now.Add(time.Second)), want: Found},
+		{name: "a millisecond from expiry", value: envelope(now.Add(time.Millisecond)), want: Found},
+		{name: "at expiry", value: envelope(now), want: Acquired, wantStale: true},
+		{name: "expired", value: envelope(now.Add(-time.Hour)), want: Acquired, wantStale: true},
+		{name: "expired, lease held", value: envelope(now.Add(-time.Second)), lease: "other", want: Held, wantStale: true},
+		{name: "expired, uncacheable", value: envelope(now.Add(-time.Second)), lease: uncacheableMarker, want: Uncacheable, wantStale: true},
+		{name: "live, lease held", value: envelope(now.Add(time.Second)), lease: "other", want: Found},
+		{name: "live, uncacheable", value: envelope(now.Add(time.Second)), lease: uncacheableMarker, want: Found},
+		{name: "version 1, expired", value: header(0xE7, 1, 0, ms(-time.Second), 0, []byte("x")), want: Acquired, wantStale: true},
+		{name: "version 1, live", value: header(0xE7, 1, 0, ms(time.Second), 0, []byte("x")), want: Found},
+		{name: "negative, expired", value: Envelope{Negative: true, Expiry: now}.AppendBinary(nil), want: Acquired, wantStale: true},
+		{name: "refresh point passed, live", value: Envelope{Expiry: now.Add(time.Second), Fresh: now.Add(-time.Second)}.AppendBinary(nil), want: Found},
+		{name: "latest expiry", value: header(0xE7, 2, 0, 1<<62, 0, nil), want: Found},
+		{name: "expiry field all ones", value: header(0xE7, 2, 0, ^uint64(0), 0, nil), want: Found},
+		// Bytes that are not an envelope are Found, for the caller to
+		// decode, find corrupt and delete.
+		{name: "not an envelope", value: []byte("v"), want: Found},
+		{name: "empty", value: []byte{}, want: Found},
+		{name: "10 bytes of an expired envelope", value: envelope(now.Add(-time.Second))[:10], want: Found},
+		{name: "11 bytes of an expired envelope", value: envelope(now.Add(-time.Second))[:11], want: Acquired, wantStale: true},
+		{name: "expired, wrong magic", value: withByte(envelope(now.Add(-time.Second)), 0, 0xE6), want: Found},
+		{name: "no value", want: Acquired},
+		{name: "no value, lease held", lease: "other", want: Held},
+		{name: "no value, uncacheable", lease: uncacheableMarker, want: Uncacheable},
+	}
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		s, rdb := b.store(t, "ns"), redistest.Client(t, b.Addr)
+		for i, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				k := strconv.Itoa(i)
+				if tc.value != nil {
+					if err := rdb.Set(ctx, s.Key(k), tc.value, time.Minute).Err(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if tc.lease != "" {
+					if err := rdb.Set(ctx, s.leaseKey(k), tc.lease, time.Minute).Err(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				r, err := s.GetOrLease(ctx, k, time.Minute, now)
+				if err != nil || r.State != tc.want {
+					t.Fatalf("GetOrLease = %+v, %v; want state %d", r, err, tc.want)
+				}
+				if tc.want == Found && !bytes.Equal(r.Value, tc.value) {
+					t.Fatalf("Value = %x, want %x", r.Value, tc.value)
+				}
+				if wantStale := map[bool][]byte{true: tc.value}[tc.wantStale]; !bytes.Equal(r.Stale, wantStale) || (r.Stale == nil) != (wantStale == nil) {
+					t.Fatalf("Stale = %x, want %x", r.Stale, wantStale)
+				}
+				wantLease := tc.lease
+				if tc.want == Acquired {
+					wantLease = r.Lease.Token
+				}
+				if tok, _ := rdb.Get(ctx, s.leaseKey(k)).Result(); tok != wantLease {
+					t.Fatalf("lease key holds %q, want %q", tok, wantLease)
+				}
+				if n, _ := rdb.Exists(ctx, s.waitersKey(k)).Result(); (n == 1) != (tc.want == Held) {
+					t.Fatalf("waiters key exists: %v; want it only with Held", n == 1)
+				}
+				// GetOrLease reads; it leaves even an expired value alone.
+				if v, err := rdb.Get(ctx, s.Key(k)).Bytes(); tc.value != nil && (err != nil || !bytes.Equal(v, tc.value)) {
+					t.Fatalf("value after GetOrLease = %x, %v; want it unchanged", v, err)
+				}
+			})
+		}
+	})
+}
+
+// TestUncacheable: once a holder marks its key uncacheable, GetOrLease
+// reports Uncacheable (to every node, without making it wait) until a Set
+// or Delete of the key or the marker's TTL ends it; the holder can no
+// longer Fill or Release.
+func TestUncacheable(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name    string
+		expires bool // the marker gets a short TTL, which end lets run out
+		// end runs after the marker is checked; nil for nothing.
+		end  func(t *testing.T, b backend, s *Store, rdb *redis.Client)
+		want LeaseState // of GetOrLease after end
+	}{
+		{name: "nothing ends it", want: Uncacheable},
+		{name: "set", want: Found, end: func(t *testing.T, _ backend, s *Store, _ *redis.Client) {
+			if err := s.Set(context.Background(), "k", []byte("v"), time.Minute, Announce{}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "delete", want: Acquired, end: func(t *testing.T, _ backend, s *Store, _ *redis.Client) {
+			if err := s.Delete(context.Background(), []string{"k"}, Announce{}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "marker expires", expires: true, want: Acquired, end: func(t *testing.T, b backend, s *Store, rdb *redis.Client) {
+			b.expire(t, rdb, s.leaseKey("k"), b.shortTTL())
+		}},
+	}
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		rdb := redistest.Client(t, b.Addr)
+		for i, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				s := b.store(t, "ns"+strconv.Itoa(i))
+				ttl := time.Minute
+				if tc.expires {
+					ttl = b.shortTTL()
+				}
+				l := acquire(t, s, "k", time.Minute)
+				if err := s.MarkUncacheable(ctx, l, ttl, Announce{}); err != nil {
+					t.Fatal(err)
+				}
+				if pttl, _ := rdb.PTTL(ctx, s.leaseKey("k")).Result(); pttl <= 0 || pttl > ttl {
+					t.Fatalf("marker PTTL = %v, want in (0, %v]", pttl, ttl)
+				}
+				for range 2 { // every node is told, none waits
+					if r, err := s.GetOrLease(ctx, "k", time.Minute, time.Now()); err != nil || r.State != Uncacheable {
+						t.Fatalf("GetOrLease after MarkUncacheable = %+v, %v; want Uncacheable", r, err)
+					}
+				}
+				if n, _ := rdb.Exists(ctx, s.waitersKey("k")).Result(); n != 0 {
+					t.Fatal("GetOrLease of an uncacheable key registered a waiter")
+				}
+				// The marker is no token: not the holder's, not its own.
+				for _, l := range []Lease{l, {Key: "k", Token: uncacheableMarker}} {
+					if ok, err := s.Fill(ctx, l, []byte("loaded"), time.Minute, Announce{}); err != nil || ok {
+						t.Fatalf("Fill with token %q after MarkUncacheable = %v, %v; want false", l.Token, ok, err)
+					}
+					if err := s.Release(ctx, l, Announce{}); err != nil {
+						t.Fatal(err)
+					}
+					if err := s.MarkUncacheable(ctx, l, time.Hour, Announce{}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if tok, _ := rdb.Get(ctx, s.leaseKey("k")).Result(); tok != uncacheableMarker {
+					t.Fatalf("lease key holds %q, want the marker", tok)
+				}
+				if pttl, _ := rdb.PTTL(ctx, s.leaseKey("k")).Result(); pttl > ttl {
+					t.Fatalf("marker PTTL = %v after a second MarkUncacheable, want it not renewed (<= %v)", pttl, ttl)
+				}
+				if _, err := s.Get(ctx, "k"); !errors.Is(err, ErrMiss) {
+					t.Fatalf("Get = %v, want ErrMiss: nothing written", err)
+				}
+				if tc.end != nil {
+					tc.end(t, b, s, rdb)
+				}
+				if r, err := s.GetOrLease(ctx, "k", time.Minute, time.Now()); err != nil || r.State != tc.want {
+					t.Fatalf("GetOrLease at the end = %+v, %v; want state %d", r, err, tc.want)
+				}
+			})
+		}
+	})
+}
+
+// TestRefreshLease: RefreshLease takes the lease for a refresh-ahead load
+// of the value the caller saw, returns the value if it was replaced, and
+// never registers a waiter.
+func TestRefreshLease(t *testing.T) {
+	t.Parallel()
+	seen := time.UnixMilli(1_700_000_000_000)
+	cases := []struct {
+		name  string
+		value []byte // in Redis; nil: none
+		lease string // in the lease key: "", another's token, the marker
+		want  LeaseState
+	}{
+		{name: "same value", value: envelope(seen), want: Acquired},
+		{name: "same value, lease held", value: envelope(seen), lease: "other", want: Held},
+		{name: "same value, uncacheable", value: envelope(seen), lease: uncacheableMarker, want: Uncacheable},
+		{name: "same value, refresh point set", value: Envelope{Expiry: seen, Fresh: seen.Add(-time.Second)}.AppendBinary(nil), want: Acquired},
+		{name: "same expiry, version 1", value: header(0xE7, 1, 0, uint64(seen.UnixMilli()), 0, nil), want: Acquired},
+		{name: "no value", want: Acquired},
+		{name: "replaced", value: envelope(seen.Add(time.Millisecond)), want: Found},
+		{name: "replaced by an earlier expiry", value: envelope(seen.Add(-time.Hour)), want: Found},
+		{name: "replaced, lease held", value: envelope(seen.Add(time.Second)), lease: "other", want: Found},
+		{name: "not an envelope", value: []byte("v"), want: Found},
+		{name: "same expiry bytes, wrong magic", value: withByte(envelope(seen), 0, 0xE6), want: Found},
+	}
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		s, rdb := b.store(t, "ns"), redistest.Client(t, b.Addr)
+		for i, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				k := strconv.Itoa(i)
+				if tc.value != nil {
+					if err := rdb.Set(ctx, s.Key(k), tc.value, time.Minute).Err(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if tc.lease != "" {
+					if err := rdb.Set(ctx, s.leaseKey(k), tc.lease, time.Minute).Err(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				r, err := s.RefreshLease(ctx, k, seen, time.Minute)
+				if err != nil || r.State != tc.want || r.Stale != nil {
+					t.Fatalf("RefreshLease = %+v, %v; want state %d, no Stale", r, err, tc.want)
+				}
+				wantLease := tc.lease
+				switch tc.want {
+				case Found:
+					if !bytes.Equal(r.Value, tc.value) {
+						t.Fatalf("Value = %x, want %x", r.Value, tc.value)
+					}
+				case Acquired:
+					if r.Lease.Key != k || r.Lease.Token == "" {
+						t.Fatalf("Lease = %+v, want a token for %q", r.Lease, k)
+					}
+					wantLease = r.Lease.Token
+				case Held:
+					if r.Remaining <= 0 || r.Remaining > time.Minute {
+						t.Fatalf("Remaining = %v, want in (0, 1m]", r.Remaining)
+					}
+				}
+				if tok, _ := rdb.Get(ctx, s.leaseKey(k)).Result(); tok != wantLease {
+					t.Fatalf("lease key holds %q, want %q", tok, wantLease)
+				}
+				if n, _ := rdb.Exists(ctx, s.waitersKey(k)).Result(); n != 0 {
+					t.Fatal("RefreshLease registered a waiter")
+				}
+			})
+		}
+	})
+}
+
+// TestRefreshLeaseFill: the refresh's Fill is the compare-and-set of any
+// holder: a write of the key during the refresh makes it fail, so the
+// refresh cannot overwrite a newer value.
+func TestRefreshLeaseFill(t *testing.T) {
+	t.Parallel()
+	seen := time.Now().Add(time.Hour)
+	cases := []struct {
+		name   string
+		during func(t *testing.T, s *Store) // runs between RefreshLease and Fill
+		wantOK bool
+		want   []byte // in Redis afterwards; nil: none
+	}{
+		{name: "nothing happened", wantOK: true, want: []byte("refreshed"),
+			during: func(*testing.T, *Store) {}},
+		{name: "set during the refresh", want: []byte("written"),
+			during: func(t *testing.T, s *Store) {
+				if err := s.Set(context.Background(), "k", []byte("written"), time.Minute, Announce{}); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		{name: "delete during the refresh",
+			during: func(t *testing.T, s *Store) {
+				if err := s.Delete(context.Background(), []string{"k"}, Announce{}); err != nil {
+					t.Fatal(err)
+				}
+			}},
+	}
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		for i, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				s := b.store(t, "ns"+strconv.Itoa(i))
+				if err := s.Set(ctx, "k", envelope(seen), time.Hour, Announce{}); err != nil {
+					t.Fatal(err)
+				}
+				r, err := s.RefreshLease(ctx, "k", seen, time.Minute)
+				if err != nil || r.State != Acquired {
+					t.Fatalf("RefreshLease = %+v, %v; want Acquired", r, err)
+				}
+				tc.during(t, s)
+				if ok, err := s.Fill(ctx, r.Lease, []byte("refreshed"), time.Minute, Announce{}); err != nil || ok != tc.wantOK {
+					t.Fatalf("Fill = %v, %v; want %v", ok, err, tc.wantOK)
+				}
+				v, err := s.Get(ctx, "k")
+				switch {
+				case tc.want == nil && !errors.Is(err, ErrMiss):
+					t.Fatalf("Get = %q, %v; want ErrMiss", v, err)
+				case tc.want != nil && (err != nil || !bytes.Equal(v, tc.want)):
+					t.Fatalf("Get = %q, %v; want %q", v, err, tc.want)
+				}
+			})
 		}
 	})
 }

@@ -68,7 +68,7 @@ func TestPurge(t *testing.T) {
 		if err := other.Set(ctx, "a", []byte("kept"), time.Minute, Announce{}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.GetOrLease(ctx, "leased", time.Minute); err != nil {
+		if _, err := s.GetOrLease(ctx, "leased", time.Minute, time.Now()); err != nil {
 			t.Fatal(err)
 		}
 		sub := b.subscribe(t, "ch")

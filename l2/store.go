@@ -63,7 +63,8 @@ func (a Announce) scriptArgs(head ...any) []any {
 // Key layout, for a user key k in namespace ns:
 //
 //	ns:{k}          the value (an envelope)
-//	ns:{k}:lease    the lease token of the node loading k
+//	ns:{k}:lease    the lease token of the node loading k, or the
+//	                uncacheable marker (see [Store.MarkUncacheable])
 //	ns:{k}:waiters  set while another node waits for the lease
 //
 // The braces make k the Redis Cluster hash tag, so a value and its helper keys

@@ -102,14 +102,14 @@ func TestKeyLayout(t *testing.T) {
 		if v, err := rdb.Get(ctx, "ns:{k}").Result(); err != nil || v != "v" {
 			t.Fatalf("GET ns:{k} = %q, %v; want v", v, err)
 		}
-		r, err := s.GetOrLease(ctx, "other", time.Minute)
+		r, err := s.GetOrLease(ctx, "other", time.Minute, time.Now())
 		if err != nil || r.State != Acquired {
 			t.Fatalf("GetOrLease = %+v, %v; want Acquired", r, err)
 		}
 		if v, err := rdb.Get(ctx, "ns:{other}:lease").Result(); err != nil || v != r.Lease.Token {
 			t.Fatalf("GET ns:{other}:lease = %q, %v; want the token %q", v, err, r.Lease.Token)
 		}
-		if r, err := s.GetOrLease(ctx, "other", time.Minute); err != nil || r.State != Held {
+		if r, err := s.GetOrLease(ctx, "other", time.Minute, time.Now()); err != nil || r.State != Held {
 			t.Fatalf("second GetOrLease = %+v, %v; want Held", r, err)
 		}
 		if n, err := rdb.Exists(ctx, "ns:{other}:waiters").Result(); err != nil || n != 1 {
@@ -136,7 +136,7 @@ func TestGetMiss(t *testing.T) {
 		}{
 			{"never set", func() {}},
 			{"only a lease", func() {
-				if r, err := s.GetOrLease(ctx, "k", time.Minute); err != nil || r.State != Acquired {
+				if r, err := s.GetOrLease(ctx, "k", time.Minute, time.Now()); err != nil || r.State != Acquired {
 					t.Fatalf("GetOrLease = %+v, %v", r, err)
 				}
 			}},
@@ -320,13 +320,38 @@ var storeOps = []struct {
 		_, err := s.DeleteIfEqual(ctx, "k", []byte("v"))
 		return err
 	}},
-	{"GetOrLease", func(ctx context.Context, s *Store) error { _, err := s.GetOrLease(ctx, "k", time.Second); return err }},
+	{"GetOrLease", func(ctx context.Context, s *Store) error {
+		_, err := s.GetOrLease(ctx, "k", time.Second, time.Now())
+		return err
+	}},
 	{"Fill", func(ctx context.Context, s *Store) error {
 		_, err := s.Fill(ctx, Lease{Key: "k", Token: "t"}, []byte("v"), time.Minute, Announce{})
 		return err
 	}},
 	{"Release", func(ctx context.Context, s *Store) error {
 		return s.Release(ctx, Lease{Key: "k", Token: "t"}, Announce{})
+	}},
+	{"RefreshLease", func(ctx context.Context, s *Store) error {
+		_, err := s.RefreshLease(ctx, "k", time.Now(), time.Second)
+		return err
+	}},
+	{"MarkUncacheable", func(ctx context.Context, s *Store) error {
+		return s.MarkUncacheable(ctx, Lease{Key: "k", Token: "t"}, time.Minute, Announce{})
+	}},
+	{"GetMany", func(ctx context.Context, s *Store) error {
+		_, err := s.GetMany(ctx, []string{"a", "b"})
+		return err
+	}},
+	{"GetOrLeaseMany", func(ctx context.Context, s *Store) error {
+		_, err := s.GetOrLeaseMany(ctx, []string{"a", "b"}, time.Second, time.Now())
+		return err
+	}},
+	{"FillMany", func(ctx context.Context, s *Store) error {
+		_, err := s.FillMany(ctx, []Fill{{Lease: Lease{Key: "a", Token: "t"}}, {Lease: Lease{Key: "b", Token: "t"}}})
+		return err
+	}},
+	{"ReleaseMany", func(ctx context.Context, s *Store) error {
+		return s.ReleaseMany(ctx, []Lease{{Key: "a", Token: "t"}, {Key: "b", Token: "t"}}, nil)
 	}},
 }
 

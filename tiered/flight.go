@@ -192,7 +192,7 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, e epoch, key str
 	deadline := time.Now().Add(2*c.o.LeaseTTL + c.o.LoadTimeout)
 	poll, waited, corrupt := c.pollMin, false, 0
 	for {
-		res, err := c.l2.GetOrLease(ctx, key, c.o.LeaseTTL)
+		res, err := c.l2.GetOrLease(ctx, key, c.o.LeaseTTL, time.Now())
 		c.l2Done("get-or-lease", err)
 		if err != nil {
 			return c.loadUnleased(ctx, t, key, loader)
