@@ -23,9 +23,11 @@ import (
 // entry is what L1 holds for a key: a decoded value or a cached "not found".
 // L1 holds pointers so that a hit copies the value once, into the result.
 type entry[V any] struct {
-	v   V
-	neg bool
+	v V
+	meta
 }
+
+func newEntry[V any](v V, m meta) *entry[V] { return &entry[V]{v: v, meta: m} }
 
 // Cache is a two-tier cache of values of type V: an in-process ristretto L1
 // in front of Redis, kept coherent across processes by a [pubsub.Bus].
@@ -51,6 +53,8 @@ type Cache[V any] struct {
 	waiters map[string]map[chan struct{}]struct{} // flights waiting for a lease, by key
 
 	brk breaker
+
+	refreshing refreshes // refresh-ahead loads running, by key (fresh.go)
 
 	// synced is the bus session (see pubsub.Bus.Session) in which this
 	// cache last checked the server for a restart with old data; Redis is
@@ -294,6 +298,9 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 	now := mono.Now()
 	proven := c.bus.Proven(now)
 	if e, ok := c.fromL1(key, now, proven); ok {
+		if e.stale != nil {
+			c.servedStale(ctx, key, e.stale)
+		}
 		return e.result()
 	}
 	return c.flight(ctx, &c.flightsFor(now, proven).fetches, key, func(fctx context.Context) outcome[V] {
@@ -326,6 +333,9 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, loader Loader[V]) 
 	now := mono.Now()
 	proven := c.bus.Proven(now)
 	if e, ok := c.fromL1(key, now, proven); ok {
+		if now >= e.refresh || e.stale != nil { // rare: Fresh or MaxStale on
+			c.l1Special(ctx, key, e, now, loader)
+		}
 		return e.result()
 	}
 	if loader == nil {
@@ -396,7 +406,7 @@ func (c *Cache[V]) flight(ctx context.Context, g *group[V], key string, fn func(
 		return zero, ctx.Err()
 	}
 	if cl.stale != nil {
-		noteStale(ctx, key, cl.stale)
+		c.servedStale(ctx, key, cl.stale)
 	}
 	return cl.v, cl.err
 }
@@ -475,7 +485,7 @@ func (c *Cache[V]) set(ctx context.Context, key string, v V, ttl time.Duration) 
 	switch {
 	case cause == nil:
 		if c.l1 != nil {
-			c.l1.Replace(t, key, &entry[V]{v: v}, int64(len(s.env)), min(c.o.L1TTL, s.ttl))
+			c.l1.Replace(t, key, newEntry(v, s.meta()), int64(len(s.env)), min(c.o.L1TTL, s.ttl))
 		}
 		c.written(key)
 		return nil
@@ -564,7 +574,7 @@ func (c *Cache[V]) write(ctx context.Context, op string, keys []string, do func(
 // Redis or L1 after it. An outbox entry older than that has nothing left
 // to invalidate.
 func (c *Cache[V]) copiesOutlive() time.Duration {
-	return c.o.LoadTimeout + c.o.LeaseTTL + max(c.o.MaxTTL+c.scaled(max(c.o.Jitter, 0), c.o.MaxTTL), c.o.NegativeTTL)
+	return c.o.LoadTimeout + c.o.LeaseTTL + max(c.o.MaxTTL+c.scaled(max(c.o.Jitter, 0), c.o.MaxTTL)+c.o.MaxStale, c.o.NegativeTTL)
 }
 
 func (c *Cache[V]) announce(kind pubsub.Kind, keys ...string) (l2.Announce, error) {
@@ -579,8 +589,12 @@ func (c *Cache[V]) announce(kind pubsub.Kind, keys ...string) (l2.Announce, erro
 type sealed struct {
 	env      []byte        // the envelope
 	ttl      time.Duration // until its logical expiry; bounds its L1 TTL
-	redisTTL time.Duration // its Redis TTL
+	redisTTL time.Duration // its Redis TTL: ttl, plus MaxStale for a value
+	envelope l2.Envelope   // env decoded, without its payload
 }
+
+// meta returns the meta of an L1 entry holding s's value.
+func (s sealed) meta() meta { return metaOf(s.envelope) }
 
 // encode returns the envelope for v (or for "not found") and its TTLs.
 // override, when > 0, replaces the cache's TTL (see OverrideTTL).
@@ -588,7 +602,7 @@ func (c *Cache[V]) encode(v V, negative bool, override time.Duration) (sealed, e
 	if negative {
 		ttl := c.negativeTTL(override)
 		env := l2.Envelope{Negative: true, Expiry: time.Now().Add(ttl)}
-		return sealed{env: env.AppendBinary(make([]byte, 0, l2.HeaderSize)), ttl: ttl, redisTTL: ttl}, nil
+		return sealed{env: env.AppendBinary(make([]byte, 0, l2.HeaderSize)), ttl: ttl, redisTTL: ttl, envelope: env}, nil
 	}
 	payload, err := c.o.Codec.Marshal(v)
 	if err != nil {
@@ -607,12 +621,14 @@ func (c *Cache[V]) encode(v V, negative bool, override time.Duration) (sealed, e
 	if j := c.scaled(c.o.Jitter, base); j > 0 {
 		ttl += rand.N(j)
 	}
-	env := l2.Envelope{Expiry: time.Now().Add(ttl), Payload: payload}
-	return sealed{
-		env:      env.AppendBinary(make([]byte, 0, l2.HeaderSize+len(payload))),
-		ttl:      ttl,
-		redisTTL: ttl,
-	}, nil
+	now := time.Now()
+	env := l2.Envelope{Expiry: now.Add(ttl), Payload: payload}
+	if c.o.Fresh > 0 {
+		env.Fresh = now.Add(c.scaled(c.o.Fresh, base))
+	}
+	b := env.AppendBinary(make([]byte, 0, l2.HeaderSize+len(payload)))
+	env.Payload = nil
+	return sealed{env: b, ttl: ttl, redisTTL: ttl + c.o.MaxStale, envelope: env}, nil
 }
 
 // negativeTTL is the TTL of a cached "not found", given a load's override.

@@ -450,7 +450,7 @@ func TestCorruptDeleteKeepsNewValue(t *testing.T) {
 		if err := other.Set(ctx, "k", Product{ID: 5}); err != nil {
 			t.Fatal(err)
 		}
-		if _, ok := c.hit(ctx, c.begin("k"), "k", raw); ok {
+		if _, _, ok := c.hit(ctx, c.begin("k"), "k", raw); ok {
 			t.Fatal("garbage decoded")
 		}
 		p, err := c.Get(ctx, "k")

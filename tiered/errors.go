@@ -55,6 +55,11 @@ var (
 	// past LoadTimeout: its callers get this error at the deadline.
 	ErrLoadTimeout = errors.New("tiered: load timed out")
 
+	// ErrSoftTimeout is wrapped by ReadInfo.StaleCause when an expired
+	// value was served because its load ran past Options.SoftTimeout. It
+	// is never returned by a read.
+	ErrSoftTimeout = errors.New("tiered: load ran past the soft timeout")
+
 	// ErrInvalidOptions is wrapped by the errors of New.
 	ErrInvalidOptions = errors.New("tiered: invalid options")
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -187,4 +188,129 @@ func ExampleNew_sharedBus() {
 	fmt.Println(p.Name, n)
 	// Output:
 	// espresso cup Ada
+}
+
+// ExampleCache_GetMany reads a page of products: what the two tiers hold
+// comes from them, the rest from one query for all the missing keys. A key
+// the database does not have is absent from the result (and cached as "not
+// found").
+func ExampleCache_GetMany() {
+	rdb, stop := startRedis()
+	defer stop()
+	ctx := context.Background()
+	products, err := tiered.New[Product](rdb, &tiered.Options{Namespace: "products", TTL: time.Hour})
+	if err != nil {
+		panic(err)
+	}
+	defer products.Close()
+	if err := products.WaitReady(ctx); err != nil {
+		panic(err)
+	}
+	table := map[string]Product{"1": {ID: 1, Name: "cup"}, "2": {ID: 2, Name: "saucer"}, "3": {ID: 3, Name: "spoon"}}
+	db := tiered.BulkLoaderFunc[Product](func(ctx context.Context, keys []string) (map[string]Product, error) {
+		fmt.Println("SELECT ... WHERE id IN", keys) // one query for the whole batch
+		found := make(map[string]Product)
+		for _, k := range keys {
+			if p, ok := table[k]; ok {
+				found[k] = p
+			}
+		}
+		return found, nil
+	})
+	_ = products.Set(ctx, "1", table["1"]) // already cached
+
+	got, err := products.GetMany(ctx, []string{"1", "2", "3", "4"}, db)
+	if err != nil {
+		panic(err)
+	}
+	for _, k := range []string{"1", "2", "3", "4"} {
+		p, ok := got[k]
+		fmt.Println(k, ok, p.Name)
+	}
+	// Output:
+	// SELECT ... WHERE id IN [2 3 4]
+	// 1 true cup
+	// 2 true saucer
+	// 3 true spoon
+	// 4 false
+}
+
+// ExampleOptions_fresh shows refresh-ahead: a read after Fresh returns the
+// cached value at once and reloads it in the background, so the key is
+// replaced before it expires and no reader waits for the database.
+func ExampleOptions_fresh() {
+	rdb, stop := startRedis()
+	defer stop()
+	ctx := context.Background()
+	rates, err := tiered.New[int](rdb, &tiered.Options{
+		Namespace: "rates",
+		TTL:       10 * time.Second,
+		Fresh:     100 * time.Millisecond, // reload in the background after 100ms
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer rates.Close()
+	if err := rates.WaitReady(ctx); err != nil {
+		panic(err)
+	}
+	var rate atomic.Int64
+	rate.Store(100)
+	db := tiered.LoaderFunc[int](func(ctx context.Context, key string) (int, error) {
+		return int(rate.Load()), nil
+	})
+	v, _ := rates.GetOrLoad(ctx, "EUR", db)
+	fmt.Println(v)
+	rate.Store(101) // the source changes
+	time.Sleep(150 * time.Millisecond)
+	v, _ = rates.GetOrLoad(ctx, "EUR", db) // past Fresh: the cached value, at once
+	fmt.Println(v)
+	for v != 101 { // the background refresh lands
+		time.Sleep(10 * time.Millisecond)
+		v, _ = rates.GetOrLoad(ctx, "EUR", db)
+	}
+	fmt.Println(v, "refreshes:", rates.Stats().Refreshes)
+	// Output:
+	// 100
+	// 100
+	// 101 refreshes: 1
+}
+
+// ExampleOptions_maxStale shows fail-safe: when the database fails, an
+// expired value that Redis kept for MaxStale is served instead of the
+// error, and ReadInfo tells the caller.
+func ExampleOptions_maxStale() {
+	rdb, stop := startRedis()
+	defer stop()
+	ctx := context.Background()
+	prices, err := tiered.New[int](rdb, &tiered.Options{
+		Namespace: "prices",
+		TTL:       100 * time.Millisecond,
+		MaxStale:  time.Hour, // keep expired values an hour for fail-safe
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer prices.Close()
+	if err := prices.WaitReady(ctx); err != nil {
+		panic(err)
+	}
+	down := false
+	db := tiered.LoaderFunc[int](func(ctx context.Context, key string) (int, error) {
+		if down {
+			return 0, errors.New("database unreachable")
+		}
+		return 450, nil
+	})
+	v, _ := prices.GetOrLoad(ctx, "cup", db)
+	fmt.Println(v)
+	time.Sleep(150 * time.Millisecond) // the value expires
+	down = true
+
+	var info tiered.ReadInfo
+	v, err = prices.GetOrLoad(tiered.WithReadInfo(ctx, &info), "cup", db)
+	fmt.Println(v, err, info.Stale, info.StaleCause)
+	// Output:
+	// 450
+	// 450 <nil> [cup] database unreachable
 }

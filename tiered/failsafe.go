@@ -1,6 +1,12 @@
 package tiered
 
-import "context"
+import (
+	"bytes"
+	"context"
+	"math"
+
+	"github.com/tieredcache/tiered/l1"
+)
 
 // This file is fail-safe: serving a value that expired when the loader
 // cannot give a fresh one (Options.MaxStale, Options.SoftTimeout).
@@ -39,4 +45,44 @@ func noteStale(ctx context.Context, key string, cause error) {
 		info.StaleCause = cause
 	}
 	info.Stale = append(info.Stale, key)
+}
+
+// staleCandidate returns f if fail-safe may serve it: MaxStale is on and f
+// is a value, not a "not found".
+func (c *Cache[V]) staleCandidate(f *found[V]) *found[V] {
+	if c.o.MaxStale <= 0 || f.env.Negative {
+		return nil
+	}
+	return f
+}
+
+// serveStale answers a flight whose load failed (cause) with stale, an
+// expired value read from Redis, if Redis still holds exactly those bytes:
+// a Set or a Delete since would have replaced or removed them, and fail-safe
+// never serves a value that a write invalidated, only one that expired.
+// Without that confirmation (Redis failed too) the flight fails with cause.
+//
+// A stale value served goes into L1, marked, for FailSafeThrottle: the
+// callers of the next FailSafeThrottle get it from there instead of calling
+// a failing loader again. The fill guard keeps it out if an invalidation of
+// key came after t, the ticket taken before stale was read.
+func (c *Cache[V]) serveStale(ctx context.Context, t l1.Ticket, key string, stale *found[V], cause error) outcome[V] {
+	raw, err := c.l2.Get(ctx, key)
+	c.l2Done("fail-safe check", err)
+	if err != nil || !bytes.Equal(raw, stale.raw) {
+		return outcome[V]{err: cause}
+	}
+	if c.o.FailSafeThrottle > 0 {
+		m := metaOf(stale.env)
+		m.stale, m.refresh = cause, math.MaxInt64
+		c.fill(t, key, stale.v, m, len(raw), c.o.FailSafeThrottle)
+	}
+	return outcome[V]{v: stale.v, stale: cause}
+}
+
+// servedStale counts a call answered with an expired value and tells its
+// ReadInfo.
+func (c *Cache[V]) servedStale(ctx context.Context, key string, cause error) {
+	c.stats.staleServed.Add(1)
+	noteStale(ctx, key, cause)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/tieredcache/tiered/internal/mono"
@@ -32,17 +33,17 @@ func (c *Cache[V]) begin(key string) l1.Ticket {
 	return c.l1.Begin(key)
 }
 
-// fill stores a loaded entry in L1 if no invalidation of key happened since t.
+// fill stores an entry in L1 if no invalidation of key happened since t.
 // The entry is built here, not by callers, so that nothing is allocated when
-// L1 is off.
-func (c *Cache[V]) fill(t l1.Ticket, key string, v V, neg bool, cost int, ttl time.Duration) {
+// L1 is off. ttl is further bounded by L1TTL.
+func (c *Cache[V]) fill(t l1.Ticket, key string, v V, m meta, cost int, ttl time.Duration) {
 	if c.l1 == nil {
 		return
 	}
 	if c.beforeFill != nil {
 		c.beforeFill(key)
 	}
-	c.l1.Fill(t, key, &entry[V]{v: v, neg: neg}, int64(cost), ttl)
+	c.l1.Fill(t, key, newEntry(v, m), int64(cost), min(c.o.L1TTL, ttl))
 }
 
 // recheckL1 looks in L1 again at the start of a flight: a flight that
@@ -121,20 +122,27 @@ func (c *Cache[V]) fetch(ctx context.Context, key string) outcome[V] {
 	case err != nil:
 		return outcome[V]{err: fmt.Errorf("%w: %w", ErrUnavailable, err)}
 	}
-	if o, ok := c.hit(ctx, t, key, raw); ok {
+	if o, _, ok := c.hit(ctx, t, key, raw); ok {
 		return o
 	}
 	c.stats.misses.Add(1)
 	return outcome[V]{err: ErrNotFound}
 }
 
-// hit decodes raw, read from Redis for key, and fills L1. If raw does not
-// decode, it counts it, deletes it from Redis (only if unchanged) and
-// reports ok=false: the caller treats it as a miss.
-func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte) (o outcome[V], ok bool) {
+// found is a value read from Redis and decoded.
+type found[V any] struct {
+	v   V
+	env l2.Envelope
+	raw []byte
+}
+
+// decode decodes raw, read from Redis for key. If raw does not decode, it
+// counts it, deletes it from Redis (only if unchanged) and reports false:
+// the caller treats it as a miss.
+func (c *Cache[V]) decode(ctx context.Context, key string, raw []byte) (f found[V], ok bool) {
 	env, err := l2.DecodeEnvelope(raw)
 	if err == nil && !env.Negative {
-		if uerr := c.o.Codec.Unmarshal(env.Payload, &o.v); uerr != nil {
+		if uerr := c.o.Codec.Unmarshal(env.Payload, &f.v); uerr != nil {
 			err = fmt.Errorf("%w: codec: %w", l2.ErrCorrupt, uerr)
 		}
 	}
@@ -144,16 +152,30 @@ func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte)
 			slog.String("namespace", c.o.Namespace), slog.String("key", key))
 		_, derr := c.l2.DeleteIfEqual(ctx, key, raw)
 		c.l2Done("delete corrupt", derr)
-		return outcome[V]{}, false
+		return f, false
+	}
+	f.env, f.raw = env, raw
+	return f, true
+}
+
+// hit decodes raw, read from Redis for key, and, if it has not expired,
+// fills L1 and returns it (ok). An expired value is a miss, returned as
+// stale if fail-safe may serve it; a corrupt one is a miss too (see decode).
+func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte) (o outcome[V], stale *found[V], ok bool) {
+	f, ok := c.decode(ctx, key, raw)
+	if !ok {
+		return o, nil, false
+	}
+	if f.env.Expired(time.Now()) {
+		return o, c.staleCandidate(&f), false
 	}
 	c.stats.l2Hits.Add(1)
-	ttl := min(c.o.L1TTL, time.Until(env.Expiry))
-	c.fill(t, key, o.v, env.Negative, len(raw), ttl)
-	if env.Negative {
+	c.fill(t, key, f.v, metaOf(f.env), len(raw), time.Until(f.env.Expiry))
+	if f.env.Negative {
 		c.stats.negativeHits.Add(1)
-		return outcome[V]{err: ErrNotFound}, true
+		return outcome[V]{err: ErrNotFound}, nil, true
 	}
-	return o, true
+	return outcome[V]{v: f.v}, nil, true
 }
 
 // load is the flight of GetOrLoad: L1 again, Redis, then the lease and the
@@ -165,52 +187,67 @@ func (c *Cache[V]) load(ctx context.Context, key string, loader Loader[V]) outco
 		return e.outcome()
 	}
 	t, e, raw, err := c.readL2(ctx, key)
+	var stale *found[V]
 	switch {
 	case errors.Is(err, errPending):
 		r := c.callLoader(ctx, key, loader)
 		return outcome[V]{v: r.v, err: r.err}
 	case err == nil:
-		if o, ok := c.hit(ctx, t, key, raw); ok {
+		var o outcome[V]
+		var ok bool
+		if o, stale, ok = c.hit(ctx, t, key, raw); ok {
+			c.refreshIfDue(ctx, key, raw, loader)
 			return o
 		}
 	case !errors.Is(err, l2.ErrMiss):
-		return c.loadUnleased(ctx, t, key, loader)
+		return c.loadUnleased(ctx, t, key, loader, nil)
 	}
 	c.stats.misses.Add(1)
-	return c.loadLeased(ctx, t, e, key, loader)
+	return c.loadLeased(ctx, t, e, key, loader, stale)
 }
 
 // loadLeased takes the key's lease and loads, or waits for the node that
 // holds it. See package l2 for the protocol. e is the epoch the flight's
-// read began in.
-func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, e epoch, key string, loader Loader[V]) outcome[V] {
+// read began in; stale an expired value fail-safe may serve, or nil.
+func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, e epoch, key string, loader Loader[V], stale *found[V]) outcome[V] {
 	woken := c.addWaiter(key)
 	defer c.removeWaiter(key, woken)
 	// A holder that neither fills nor releases lets its lease expire after
 	// LeaseTTL, and the next GetOrLease takes it over; this deadline only
 	// guards against a lease that keeps being renewed by others.
-	deadline := time.Now().Add(2*c.o.LeaseTTL + c.o.LoadTimeout)
+	start := time.Now()
+	deadline := start.Add(2*c.o.LeaseTTL + c.o.LoadTimeout)
 	poll, waited, corrupt := c.pollMin, false, 0
 	for {
 		res, err := c.l2.GetOrLease(ctx, key, c.o.LeaseTTL, time.Now())
 		c.l2Done("get-or-lease", err)
 		if err != nil {
-			return c.loadUnleased(ctx, t, key, loader)
+			return c.loadUnleased(ctx, t, key, loader, stale)
+		}
+		if res.Stale != nil { // the latest expired value
+			if f, ok := c.decode(ctx, key, res.Stale); ok {
+				stale = c.staleCandidate(&f)
+			}
+		}
+		if stale != nil && c.o.SoftTimeout > 0 {
+			deadline = start.Add(c.o.SoftTimeout) // see loadAndFill
 		}
 		switch res.State {
 		case l2.Found:
 			if !c.validSince(ctx, e) { // the value may come from a restarted server
-				return c.loadUnleased(ctx, t, key, loader)
+				return c.loadUnleased(ctx, t, key, loader, stale)
 			}
-			if o, ok := c.hit(ctx, t, key, res.Value); ok {
+			if o, _, ok := c.hit(ctx, t, key, res.Value); ok {
 				return o
 			}
 			if corrupt++; corrupt > 1 {
-				return c.loadUnleased(ctx, t, key, loader)
+				return c.loadUnleased(ctx, t, key, loader, stale)
 			}
 			continue
 		case l2.Acquired:
-			return c.loadAndFill(ctx, t, e, key, loader, res.Lease)
+			return c.loadAndFill(ctx, t, e, key, loader, res.Lease, stale)
+		case l2.Uncacheable:
+			return c.loadUnleased(ctx, t, key, loader, stale)
 		}
 		// Held by another node: wait for its wake message, or poll.
 		if !waited {
@@ -219,7 +256,10 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, e epoch, key str
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
-			return c.loadUnleased(ctx, t, key, loader)
+			if stale != nil && c.o.SoftTimeout > 0 {
+				return c.serveStale(ctx, t, key, stale, fmt.Errorf("%w: another node's load of the key ran past %v", ErrSoftTimeout, c.o.SoftTimeout))
+			}
+			return c.loadUnleased(ctx, t, key, loader, stale)
 		}
 		timer := time.NewTimer(min(poll, res.Remaining+time.Millisecond, left))
 		select {
@@ -234,14 +274,41 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, e epoch, key str
 	}
 }
 
-// loadAndFill calls the loader while holding lease and stores the result in
-// Redis (if the lease still holds) and in L1 (if the guard allows). A load
-// during which the bus reset or the client reconnected does not write
-// Redis: the reset may stand for a write this node never heard of, and a
-// restarted server may have come back with the lease this node had taken
-// before a write deleted it.
-func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, e epoch, key string, loader Loader[V], lease l2.Lease) outcome[V] {
-	r := c.callLoader(ctx, key, loader)
+// loadAndFill calls the loader while holding lease and stores the result
+// (see fillLoaded). If stale is set and Options.SoftTimeout is on, the
+// callers get stale once the load has run for SoftTimeout, and the load
+// goes on in the background, holding the lease; its result lands in both
+// tiers as usual.
+func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, e epoch, key string, loader Loader[V], lease l2.Lease, stale *found[V]) outcome[V] {
+	if stale == nil || c.o.SoftTimeout <= 0 {
+		return c.fillLoaded(ctx, t, e, key, lease, stale, c.callLoader(ctx, key, loader))
+	}
+	ch := make(chan outcome[V], 1)
+	c.running.Add(1) // the caller is a running flight: the count is > 0
+	go func() {
+		defer c.running.Done()
+		ch <- c.fillLoaded(ctx, t, e, key, lease, stale, c.callLoader(ctx, key, loader))
+	}()
+	timer := time.NewTimer(c.o.SoftTimeout)
+	defer timer.Stop()
+	select {
+	case o := <-ch:
+		return o
+	case <-timer.C:
+		return c.serveStale(ctx, t, key, stale, fmt.Errorf("%w: the load ran past %v", ErrSoftTimeout, c.o.SoftTimeout))
+	}
+}
+
+// fillLoaded stores r, what the loader returned while this node held
+// lease, in Redis (if the lease still holds) and in L1 (if the guard
+// allows), and returns it to the callers, or stale instead if the load
+// failed (fail-safe). A load during which the bus reset or the client
+// reconnected does not write Redis: the reset may stand for a write this
+// node never heard of, and a restarted server may have come back with the
+// lease this node had taken before a write deleted it. A value too large to
+// cache marks the lease uncacheable, so that the nodes waiting for it load
+// at once, in parallel, instead of taking the lease one after another.
+func (c *Cache[V]) fillLoaded(ctx context.Context, t l1.Ticket, e epoch, key string, lease l2.Lease, stale *found[V], r loaded[V]) outcome[V] {
 	o := outcome[V]{v: r.v, err: r.err}
 	// The bus does not deliver a node's own messages: wake the flights of
 	// this process that wait for this lease (a flight started after a write
@@ -255,7 +322,14 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, e epoch, key st
 		c.l2Done("release", c.l2.Release(ctx, lease, wake))
 		return o
 	}
-	if (r.err != nil && !neg) || (neg && c.o.NegativeTTL < 0) {
+	if r.err != nil && !neg {
+		release()
+		if stale != nil {
+			return c.serveStale(ctx, t, key, stale, r.err)
+		}
+		return o
+	}
+	if neg && c.o.NegativeTTL < 0 {
 		return release()
 	}
 	if !c.validSince(ctx, e) || c.bus.Pending(c.o.Namespace, key) {
@@ -266,6 +340,10 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, e epoch, key st
 	if eerr != nil {
 		c.log.Log(slog.LevelWarn, "tiered: loaded value not cached", eerr,
 			slog.String("namespace", c.o.Namespace), slog.String("key", key))
+		if errors.Is(eerr, ErrValueTooLarge) {
+			c.l2Done("mark uncacheable", c.l2.MarkUncacheable(ctx, lease, c.o.LeaseTTL, wake))
+			return o
+		}
 		return release()
 	}
 	filled, ferr := c.l2.Fill(ctx, lease, s.env, s.redisTTL, wake)
@@ -280,25 +358,28 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, e epoch, key st
 		c.stats.staleDiscards.Add(1)
 		return o
 	}
-	c.fill(t, key, r.v, neg, len(s.env), min(c.o.L1TTL, s.ttl))
+	c.fill(t, key, r.v, s.meta(), len(s.env), s.ttl)
 	return o
 }
 
 // loadUnleased calls the loader without a lease, when Redis failed or a
 // lease could not be had in time. The value goes to L1 (guarded) but not to
-// Redis: only a lease holder may write a loaded value there.
-func (c *Cache[V]) loadUnleased(ctx context.Context, t l1.Ticket, key string, loader Loader[V]) outcome[V] {
+// Redis: only a lease holder may write a loaded value there. If the load
+// fails, stale, if set, is served instead (fail-safe).
+func (c *Cache[V]) loadUnleased(ctx context.Context, t l1.Ticket, key string, loader Loader[V], stale *found[V]) outcome[V] {
 	r := c.callLoader(ctx, key, loader)
 	neg := errors.Is(r.err, ErrNotFound)
 	switch {
+	case r.err != nil && !neg && stale != nil:
+		return c.serveStale(ctx, t, key, stale, r.err)
 	case c.l1 == nil:
 	case r.err == nil:
 		if s, eerr := c.encode(r.v, false, r.ttl); eerr == nil {
-			c.fill(t, key, r.v, false, len(s.env), min(c.o.L1TTL, s.ttl))
+			c.fill(t, key, r.v, s.meta(), len(s.env), s.ttl)
 		}
 	case neg && c.o.NegativeTTL > 0:
 		var zero V
-		c.fill(t, key, zero, true, l2.HeaderSize, min(c.o.L1TTL, c.negativeTTL(r.ttl)))
+		c.fill(t, key, zero, meta{neg: true, refresh: math.MaxInt64}, l2.HeaderSize, c.negativeTTL(r.ttl))
 	}
 	return outcome[V]{v: r.v, err: r.err}
 }

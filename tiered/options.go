@@ -36,6 +36,10 @@ const (
 	// DefaultBreakerFailures is how many consecutive Redis failures open
 	// the breaker.
 	DefaultBreakerFailures = 3
+	// DefaultFailSafeThrottle is how long a value served by fail-safe is
+	// served again before the loader is retried: see
+	// Options.FailSafeThrottle.
+	DefaultFailSafeThrottle = time.Second
 	// DefaultBreakerCooldown is how often an open breaker probes Redis.
 	DefaultBreakerCooldown = 250 * time.Millisecond
 )
@@ -125,6 +129,38 @@ type Options struct {
 	// DefaultBreakerCooldown.
 	BreakerCooldown time.Duration
 
+	// Fresh turns refresh-ahead on: a value read more than Fresh after it
+	// was stored is returned at once and reloaded in the background, once
+	// per key per fleet (under the lease), so that a hot key is replaced
+	// before it expires and no caller waits for the loader. The refreshed
+	// value goes through the same compare-and-set as any load: a write
+	// during the refresh wins. Only GetOrLoad and GetMany refresh (Get has
+	// no loader). Must be less than TTL; scales with a per-entry TTL (see
+	// MaxTTL). Default 0: off. See fresh.go.
+	Fresh time.Duration
+
+	// MaxStale turns fail-safe on: Redis keeps every value MaxStale past
+	// its logical expiry, and when a load of an expired key fails (an
+	// error, a panic, LoadTimeout), the callers get the expired value
+	// instead of the error, with a nil error; ReadInfo and
+	// Stats.StaleServed tell them. A value that a Set or Delete removed is
+	// never served: fail-safe serves a value only after Redis confirmed
+	// that it still holds it. Default 0: off. See failsafe.go.
+	MaxStale time.Duration
+
+	// FailSafeThrottle is how long a value served by fail-safe is served
+	// again, from L1, before the loader is tried again for that key on
+	// this node. Default DefaultFailSafeThrottle; negative: retry at once.
+	FailSafeThrottle time.Duration
+
+	// SoftTimeout, with MaxStale, bounds how long callers wait for the load
+	// of an expired key: after SoftTimeout they get the expired value
+	// (ReadInfo says so, with ErrSoftTimeout), and the load goes on in the
+	// background and fills both tiers when it ends. It also bounds their
+	// wait for another node's load. Default 0: callers wait for the load
+	// (up to LoadTimeout).
+	SoftTimeout time.Duration
+
 	// LoadTimeout bounds every loader call; the loader's context is
 	// cancelled after it. Default DefaultLoadTimeout.
 	LoadTimeout time.Duration
@@ -175,6 +211,7 @@ func (o *Options) withDefaults() (Options, error) {
 	for name, d := range map[string]time.Duration{
 		"L1TTL": r.L1TTL, "OpTimeout": r.OpTimeout, "LoadTimeout": r.LoadTimeout, "LeaseTTL": r.LeaseTTL,
 		"WriteTimeout": r.WriteTimeout, "MaxStaleness": r.MaxStaleness, "BreakerCooldown": r.BreakerCooldown,
+		"Fresh": r.Fresh, "MaxStale": r.MaxStale, "SoftTimeout": r.SoftTimeout, "MaxTTL": r.MaxTTL,
 	} {
 		if d < 0 {
 			return r, invalid("%s must not be negative, got %v", name, d)
@@ -185,6 +222,15 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if r.MaxKeyBytes > MaxKeyBytesLimit {
 		return r, invalid("MaxKeyBytes %d is over MaxKeyBytesLimit %d", r.MaxKeyBytes, MaxKeyBytesLimit)
+	}
+	if r.Fresh >= r.TTL {
+		return r, invalid("Fresh %v must be less than TTL %v", r.Fresh, r.TTL)
+	}
+	if r.SoftTimeout > 0 && r.MaxStale == 0 {
+		return r, invalid("SoftTimeout needs MaxStale: there is no expired value to serve without it")
+	}
+	if r.FailSafeThrottle == 0 {
+		r.FailSafeThrottle = DefaultFailSafeThrottle
 	}
 	if r.MaxTTL == 0 {
 		r.MaxTTL = r.TTL

@@ -26,6 +26,8 @@ type Stats struct {
 	L1Unproven    uint64 // reads that skipped L1 because the bus could not prove it fresh within MaxStaleness
 	BreakerOpens  uint64 // times the breaker opened after consecutive Redis failures
 	BreakerSkips  uint64 // Redis calls skipped because the breaker was open
+	StaleServed   uint64 // calls answered with an expired value by fail-safe (Options.MaxStale)
+	Refreshes     uint64 // refresh-ahead loads this node ran (Options.Fresh)
 }
 
 // counters are the live Stats. l1Hits, bumped on the hot path by every
@@ -37,7 +39,8 @@ type counters struct {
 	_      [56]byte
 	l2Hits, misses, negativeHits, loads, loadErrors, leaseWaits, staleDiscards,
 	l2Errors, corrupt, rejected, invalidations, resets,
-	queued, delivered, purges, l1Unproven, breakerOpens, breakerSkips atomic.Uint64
+	queued, delivered, purges, l1Unproven, breakerOpens, breakerSkips,
+	staleServed, refreshes atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -50,5 +53,6 @@ func (c *counters) snapshot() Stats {
 		Queued: c.queued.Load(), Delivered: c.delivered.Load(),
 		Purges: c.purges.Load(), L1Unproven: c.l1Unproven.Load(),
 		BreakerOpens: c.breakerOpens.Load(), BreakerSkips: c.breakerSkips.Load(),
+		StaleServed: c.staleServed.Load(), Refreshes: c.refreshes.Load(),
 	}
 }

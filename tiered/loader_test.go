@@ -3,6 +3,8 @@ package tiered
 import (
 	"context"
 	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,5 +119,48 @@ func TestLoadTimeout(t *testing.T) {
 	defer cancel()
 	if _, err := c.GetOrLoad(cctx, "own", polite); errors.Is(err, ErrLoadTimeout) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("caller's deadline: err = %v", err)
+	}
+}
+
+// TestUncacheableLoadsInParallel: a value too large to cache makes the
+// nodes that wait for its lease load at once, in parallel, not one after
+// another.
+func TestUncacheableLoadsInParallel(t *testing.T) {
+	redistest.Require(t)
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	var running, peak atomic.Int64
+	big := LoaderFunc[[]byte](func(context.Context, string) ([]byte, error) {
+		n := running.Add(1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+		running.Add(-1)
+		return make([]byte, 4096), nil
+	})
+	var nodes []*Cache[[]byte]
+	for range 3 {
+		c, _ := newNode[[]byte](t, srv.Addr, Options{MaxValueBytes: 1024})
+		nodes = append(nodes, c)
+	}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i, c := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Duration(i) * 20 * time.Millisecond) // node 0 takes the lease
+			if v, err := c.GetOrLoad(ctx, "big", big); err != nil || len(v) != 4096 {
+				t.Errorf("%d bytes, %v", len(v), err)
+			}
+		}()
+	}
+	wg.Wait()
+	if p := peak.Load(); p < 2 {
+		t.Fatalf("the loads ran one after another (peak %d at once, %v in all)", p, time.Since(start))
 	}
 }
