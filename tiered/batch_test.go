@@ -339,3 +339,25 @@ func TestGetManyFleet(t *testing.T) {
 		t.Fatalf("the fleet loaded %d keys for 60 cold keys", n)
 	}
 }
+
+// TestGetManyRedisDown: with Redis gone, GetMany answers from one BulkLoad
+// call for every key, as GetOrLoad answers from its loader.
+func TestGetManyRedisDown(t *testing.T) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
+		ctx := context.Background()
+		c, _ := newNode[Product](t, b.Addr, Options{})
+		db := newBulkDB(20)
+		b.Stop()
+		for range 3 { // the last ones with the breaker open
+			db.calls = nil
+			got, err := c.GetMany(ctx, keysN(0, 20), db)
+			if err != nil || len(got) != 20 {
+				t.Fatalf("%d values, %v", len(got), err)
+			}
+			if calls, n := db.loaded(); calls != 1 || n != 20 {
+				t.Fatalf("%d BulkLoad calls of %d keys", calls, n)
+			}
+			c.dropL1(keysN(0, 20)...)
+		}
+	})
+}

@@ -18,6 +18,28 @@
 // If Redis fails, GetOrLoad still answers from the loader: a read never fails
 // only because Redis did. [Cache.Get] reads the two tiers without a loader
 // and returns [ErrNotFound] on a miss and [ErrUnavailable] when Redis failed.
+// A loader runs on a goroutine of its own and is not waited for past
+// [Options.LoadTimeout] ([ErrLoadTimeout]).
+//
+// # Batch reads
+//
+// [Cache.GetMany] is GetOrLoad for many keys with one round trip per step:
+// L1, one MGET for the misses, one pipeline of leases, one call of a
+// [BulkLoader] for the keys this node leads, one pipeline of fills. Its keys
+// join the same flights as concurrent GetOrLoad calls, and every per-key
+// rule below holds for each. A partial failure returns the other values
+// with a [*BatchError]. [Cache.GetManyCached] is the batch twin of Get.
+//
+// # Serving through trouble
+//
+// [Options.Fresh] refreshes a value read after its refresh point in the
+// background, once per fleet, before it expires: a hot key never makes its
+// callers wait for the loader. [Options.MaxStale] keeps values in Redis
+// past their expiry, and serves one when its load fails or runs past
+// [Options.SoftTimeout] (fail-safe), with a nil error; [ReadInfo] and
+// Stats.StaleServed tell the caller. Fail-safe never serves a value that a
+// Set or Delete removed: Redis must confirm that it still holds the very
+// bytes the flight read.
 //
 // # Writes and invalidation
 //
@@ -54,9 +76,11 @@
 //
 // # TTLs
 //
-// Every value has a Redis TTL ([Options.TTL], required, plus jitter); its L1
-// TTL is at most [Options.L1TTL] and never longer than what is left of the
-// Redis TTL. A loader's [ErrNotFound] is cached for [Options.NegativeTTL].
+// Every value has a TTL ([Options.TTL], required, plus jitter); its L1 TTL
+// is at most [Options.L1TTL] and never longer than what is left of it. A
+// loader's [ErrNotFound] is cached for [Options.NegativeTTL]. One value may
+// have a TTL of its own, up to [Options.MaxTTL]: [Cache.SetWithTTL], or
+// [OverrideTTL] called by its loader.
 //
 // docs/design.md and docs/consistency.md in the repository describe the
 // mechanisms and the guarantees in full.
