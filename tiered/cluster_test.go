@@ -170,4 +170,48 @@ func TestCluster(t *testing.T) {
 			t.Fatalf("lease waits = %d, want 1: the nodes did not meet at the lease", got)
 		}
 	})
+
+	// GetMany reads keys of every master with one pipeline of GETs (one
+	// MGET cannot span slots), leases and fills the misses across masters,
+	// and the two nodes load each cold key once between them.
+	t.Run("GetMany", func(t *testing.T) {
+		for i := range 10 {
+			if err := a.Set(ctx, fmt.Sprint("warm", i), Product{ID: i}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		db := newBulkDB(0)
+		keys := []string{"}w", "~z"}
+		for i := range 10 {
+			keys = append(keys, fmt.Sprint("warm", i))
+		}
+		for i := range 30 {
+			k := fmt.Sprint("cold", i)
+			db.set(k, Product{ID: 100 + i})
+			keys = append(keys, k)
+		}
+		db.set("}w", Product{ID: 7})
+		errs := make(chan error, 2)
+		for _, c := range []*Cache[Product]{a, b} {
+			go func() {
+				m, err := c.GetMany(ctx, keys, db)
+				if err == nil && len(m) != 41 {
+					err = fmt.Errorf("%d values, want 41 (~z does not exist)", len(m))
+				}
+				errs <- err
+			}()
+		}
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, n := db.loaded(); n != 32 {
+			t.Fatalf("the nodes loaded %d keys, want each of the 32 cold keys once: %v", n, db.calls)
+		}
+		m, err := b.GetManyCached(ctx, keys)
+		if err != nil || len(m) != 41 || m["}w"].ID != 7 {
+			t.Fatalf("GetManyCached: %d values, %v", len(m), err)
+		}
+	})
 }
