@@ -14,12 +14,14 @@
 //	workload=faults readers=flat …
 //	workload=multiget case=l1cold|l1hit|cold …
 //	workload=hotexpiry fresh=off|on …
+//	workload=dbdown maxstale=off|on …
 //
 // multiget (multiget.go) times GetMany of 100 keys against a raw MGET plus
 // decoding of the same keys, side by side; hotexpiry (hotexpiry.go) reads
-// one hot key flat out while it expires, with refresh-ahead off and on.
-// Each file's comment gives its line and figures; each run starts a
-// redis-server and nodes of its own.
+// one hot key flat out while it expires, with refresh-ahead off and on;
+// dbdown (dbdown.go) reads while the loader fails and the values expire,
+// with fail-safe off and on. Each file's comment gives its line and
+// figures; each run starts a redis-server and nodes of its own.
 //
 // The faults workload (faults.go, which defines its figures) makes one run
 // per reader mode, each on a redis-server and nodes of its own: readers and
@@ -45,12 +47,13 @@
 // Every figure is measured; none is clamped. The exit status is non-zero when
 // the run failed (an error, a node that never saw an invalidation, or a
 // fault run that counted a stale read, a read error or a write error other
-// than ErrQueued, or a hotexpiry run with Fresh that made a caller wait or
-// loaded twice in a period); every line is printed first.
+// than ErrQueued, a hotexpiry run with Fresh that made a caller wait or
+// loaded twice in a period, or a dbdown run with MaxStale that returned an
+// error); every line is printed first.
 //
 // Usage:
 //
-//	go run ./internal/cmd/benchfleet [-workloads stampede,invalidate,faults,multiget,hotexpiry] [-nodes 3] [-trials 200] [-keys 20] [-warmup 1] [-setupgc=true] [-v] [-callers 100] [-loader 50ms] [-poll 1ms] [-spin] [-faultdur 20s] [-faultreaders paced,flat] [-pace 100µs] [-silenceresume]
+//	go run ./internal/cmd/benchfleet [-workloads stampede,invalidate,faults,multiget,hotexpiry,dbdown] [-nodes 3] [-trials 200] [-keys 20] [-warmup 1] [-setupgc=true] [-v] [-callers 100] [-loader 50ms] [-poll 1ms] [-spin] [-faultdur 20s] [-faultreaders paced,flat] [-pace 100µs] [-silenceresume]
 package main
 
 import (
@@ -99,7 +102,7 @@ type config struct {
 }
 
 // workloadNames are the workloads, in the order they run.
-var workloadNames = []string{"stampede", "invalidate", "faults", "multiget", "hotexpiry"}
+var workloadNames = []string{"stampede", "invalidate", "faults", "multiget", "hotexpiry", "dbdown"}
 
 // readerModes are the fault runs' reader modes.
 var readerModes = []string{"paced", "flat"}
@@ -332,6 +335,7 @@ func run(ctx context.Context, cfg config) error {
 		{"faults", func() error { return runFaults(ctx, cfg) }},
 		{"multiget", func() error { return runMultiget(ctx) }},
 		{"hotexpiry", func() error { return runHotExpiry(ctx, cfg) }},
+		{"dbdown", func() error { return runDBDown(ctx, cfg) }},
 	} {
 		if cfg.workloads[w.name] && ctx.Err() == nil {
 			err = errors.Join(err, w.run())
