@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 	"unsafe"
@@ -251,5 +252,185 @@ func BenchmarkRedisGetDecode(b *testing.B) {
 		if err := json.Unmarshal(raw[l2.HeaderSize:], &v); err != nil || v.ID != 42 {
 			b.Fatal(v.ID, err)
 		}
+	}
+}
+
+// benchKeys are the keys of the GetMany benchmarks.
+func benchKeys(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("k%03d", i)
+	}
+	return keys
+}
+
+// setAll stores newBenchValue() under every key, through c.
+func setAll(b *testing.B, c *Cache[benchValue], keys []string) {
+	b.Helper()
+	for _, k := range keys {
+		if err := c.Set(context.Background(), k, newBenchValue()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkGetMany: GetMany of 100 keys on a real redis-server, beside
+// its floor, with context.Background():
+//
+//   - L1: every key an L1 hit;
+//   - L2: Redis warm and L1 off (DisableL1), so every call reads the 100
+//     keys with one MGET and decodes them, and fills no L1;
+//   - L2FillL1: Redis warm and L1 on but cold: every call reads 100 keys
+//     this cache has never read (written to Redis with MSET, outside the
+//     timer), so it also fills L1 with them, as a node of a fleet does;
+//   - rawMGET: a go-redis MGET of the same Redis keys and, per value,
+//     l2.DecodeEnvelope and the JSON codec's Unmarshal, into a slice.
+//
+// The loader fails the benchmark if called.
+func BenchmarkGetMany(b *testing.B) {
+	addr := redistest.Start(b).Addr
+	keys := benchKeys(100)
+	bulk := BulkLoaderFunc[benchValue](func(context.Context, []string) (map[string]benchValue, error) {
+		return nil, errors.New("loader called on a warm key")
+	})
+	b.Run("L1", func(b *testing.B) {
+		c := benchCache(b, addr, Options{})
+		setAll(b, c, keys)
+		c.l1.Wait()
+		before := c.Stats()
+		loopGetMany(b, c, keys, bulk)
+		s := c.Stats()
+		if got := s.L1Hits + s.L1Unproven - before.L1Hits - before.L1Unproven; got < uint64(b.N*len(keys)) {
+			b.Fatalf("L1 hits %d < %d: not measuring L1", got, b.N*len(keys))
+		}
+		b.ReportMetric(float64(s.L1Unproven-before.L1Unproven)/float64(b.N), "unproven/op")
+	})
+	b.Run("L2", func(b *testing.B) {
+		c := benchCache(b, addr, Options{DisableL1: true})
+		setAll(b, c, keys)
+		loopGetMany(b, c, keys, bulk)
+		if s := c.Stats(); s.L2Hits < uint64(b.N*len(keys)) || s.Loads != 0 {
+			b.Fatalf("stats %+v after %d calls", s, b.N)
+		}
+	})
+	b.Run("L2FillL1", func(b *testing.B) {
+		c := benchCache(b, addr, Options{})
+		rdb := redis.NewClient(&redis.Options{Addr: addr})
+		defer rdb.Close()
+		ctx := context.Background()
+		s, err := c.encode(newBenchValue(), false, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		const batch = 100 // sets written at a time
+		var sets [][]string
+		n := 0 // sets written
+		b.ReportAllocs()
+		b.ResetTimer()
+		for b.Loop() {
+			if len(sets) == 0 {
+				b.StopTimer()
+				for range batch {
+					set := make([]string, len(keys))
+					args := make([]any, 0, 2*len(keys))
+					for j, k := range keys {
+						set[j] = fmt.Sprintf("%s-%d", k, n)
+						args = append(args, c.l2.Key(set[j]), s.env)
+					}
+					if err := rdb.MSet(ctx, args...).Err(); err != nil {
+						b.Fatal(err)
+					}
+					sets, n = append(sets, set), n+1
+				}
+				b.StartTimer()
+			}
+			m, err := c.GetMany(ctx, sets[0], bulk)
+			if err != nil || len(m) != len(keys) {
+				b.Fatal(len(m), err)
+			}
+			benchSink = m[sets[0][0]]
+			sets = sets[1:]
+		}
+		b.StopTimer()
+		if s := c.Stats(); s.L2Hits < uint64(b.N*len(keys)) || s.Loads != 0 {
+			b.Fatalf("stats %+v after %d calls", s, b.N)
+		}
+	})
+	b.Run("rawMGET", func(b *testing.B) {
+		c := benchCache(b, addr, Options{DisableL1: true})
+		setAll(b, c, keys)
+		rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+		defer rdb.Close()
+		rks := make([]string, len(keys))
+		for i, k := range keys {
+			rks[i] = c.l2.Key(k)
+		}
+		ctx := context.Background()
+		b.ReportAllocs()
+		b.ResetTimer()
+		for b.Loop() {
+			vs, err := rdb.MGet(ctx, rks...).Result()
+			if err != nil {
+				b.Fatal(err)
+			}
+			out := make([]benchValue, len(vs))
+			for i, v := range vs {
+				s, ok := v.(string)
+				if !ok {
+					b.Fatalf("%s missing", rks[i])
+				}
+				env, err := l2.DecodeEnvelope([]byte(s))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := (l2.JSON{}).Unmarshal(env.Payload, &out[i]); err != nil || out[i].ID != 42 {
+					b.Fatal(out[i].ID, err)
+				}
+			}
+			benchSink = out[len(out)-1]
+		}
+	})
+}
+
+// loopGetMany times GetMany of keys.
+func loopGetMany(b *testing.B, c *Cache[benchValue], keys []string, loader BulkLoader[benchValue]) {
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		m, err := c.GetMany(ctx, keys, loader)
+		if err != nil || len(m) != len(keys) {
+			b.Fatal(len(m), err)
+		}
+		benchSink = m[keys[0]]
+	}
+	b.StopTimer()
+}
+
+// BenchmarkGetOrLoadL1HitFresh: GetOrLoad answered by L1 with Fresh off
+// and on (TTL 1h, Fresh 30m: the value is never due, so the hit makes only
+// the comparison with its refresh point, which it makes with Fresh off
+// too, against a point that never comes). The loader fails the benchmark
+// if called. The sub-benchmarks are named fresh=off and fresh=on so that
+// benchstat -col /fresh compares them.
+func BenchmarkGetOrLoadL1HitFresh(b *testing.B) {
+	addr := redistest.Start(b).Addr
+	loader := LoaderFunc[benchValue](func(context.Context, string) (benchValue, error) {
+		return benchValue{}, errors.New("loader called on an L1 hit")
+	})
+	for _, bc := range []struct {
+		name  string
+		fresh time.Duration
+	}{{"fresh=off", 0}, {"fresh=on", 30 * time.Minute}} {
+		b.Run(bc.name, func(b *testing.B) {
+			c := benchCache(b, addr, Options{Fresh: bc.fresh})
+			c.l1.Wait()
+			before := c.Stats()
+			loopGetOrLoad(b, context.Background(), c, loader)
+			s := c.Stats()
+			if got := s.L1Hits + s.L1Unproven - before.L1Hits - before.L1Unproven; got < uint64(b.N) || s.Loads != 0 || s.Refreshes != 0 {
+				b.Fatalf("stats %+v after %d calls", s, b.N)
+			}
+		})
 	}
 }

@@ -12,6 +12,16 @@
 //	workload=invalidate nodes=3 trials=200 p50_ms=… p99_ms=… max_ms=… stale_after_2s=… ryw_stale=… publish_p99_ms=… reload_p99_ms=…
 //	workload=faults readers=paced nodes=3 readers_per_node=4 keys=2000 duration_s=… stale_100ms=… stale_after_error_1s=… max_staleness_ms=… reads_s=… writes_s=… read_errors=… write_errors=… queued_writes=… outboxed_keys=… breaker_opens=… l1_hit_ratio=… pings_s=…/…/…
 //	workload=faults readers=flat …
+//	workload=multiget case=l1cold|l1hit|cold …
+//	workload=hotexpiry fresh=off|on …
+//	workload=dbdown maxstale=off|on …
+//
+// multiget (multiget.go) times GetMany of 100 keys against a raw MGET plus
+// decoding of the same keys, side by side; hotexpiry (hotexpiry.go) reads
+// one hot key flat out while it expires, with refresh-ahead off and on;
+// dbdown (dbdown.go) reads while the loader fails and the values expire,
+// with fail-safe off and on. Each file's comment gives its line and
+// figures; each run starts a redis-server and nodes of its own.
 //
 // The faults workload (faults.go, which defines its figures) makes one run
 // per reader mode, each on a redis-server and nodes of its own: readers and
@@ -37,11 +47,13 @@
 // Every figure is measured; none is clamped. The exit status is non-zero when
 // the run failed (an error, a node that never saw an invalidation, or a
 // fault run that counted a stale read, a read error or a write error other
-// than ErrQueued); every line is printed first.
+// than ErrQueued, a hotexpiry run with Fresh that made a caller wait or
+// loaded twice in a period, or a dbdown run with MaxStale that returned an
+// error); every line is printed first.
 //
 // Usage:
 //
-//	go run ./internal/cmd/benchfleet [-workloads stampede,invalidate,faults] [-nodes 3] [-trials 200] [-keys 20] [-warmup 1] [-setupgc=true] [-v] [-callers 100] [-loader 50ms] [-poll 1ms] [-spin] [-faultdur 20s] [-faultreaders paced,flat] [-pace 100µs] [-silenceresume]
+//	go run ./internal/cmd/benchfleet [-workloads stampede,invalidate,faults,multiget,hotexpiry,dbdown] [-nodes 3] [-trials 200] [-keys 20] [-warmup 1] [-setupgc=true] [-v] [-callers 100] [-loader 50ms] [-poll 1ms] [-spin] [-faultdur 20s] [-faultreaders paced,flat] [-pace 100µs] [-silenceresume]
 package main
 
 import (
@@ -90,7 +102,7 @@ type config struct {
 }
 
 // workloadNames are the workloads, in the order they run.
-var workloadNames = []string{"stampede", "invalidate", "faults"}
+var workloadNames = []string{"stampede", "invalidate", "faults", "multiget", "hotexpiry", "dbdown"}
 
 // readerModes are the fault runs' reader modes.
 var readerModes = []string{"paced", "flat"}
@@ -316,8 +328,18 @@ func run(ctx context.Context, cfg config) error {
 			return err
 		}
 	}
-	if cfg.workloads["faults"] {
-		err = errors.Join(err, runFaults(ctx, cfg))
+	for _, w := range []struct {
+		name string
+		run  func() error
+	}{
+		{"faults", func() error { return runFaults(ctx, cfg) }},
+		{"multiget", func() error { return runMultiget(ctx) }},
+		{"hotexpiry", func() error { return runHotExpiry(ctx, cfg) }},
+		{"dbdown", func() error { return runDBDown(ctx, cfg) }},
+	} {
+		if cfg.workloads[w.name] && ctx.Err() == nil {
+			err = errors.Join(err, w.run())
+		}
 	}
 	return err
 }
