@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -100,7 +101,9 @@ func (s *Store) batchErr(op string, errs []error) error {
 // non-nil slice). On a single-node or failover client it sends one MGET; on
 // a Cluster client, where one MGET cannot span slots, a pipeline of GETs,
 // which go-redis splits among the masters. Its errors are as [BatchError]
-// describes; a single MGET fails or succeeds as a whole.
+// describes; a single MGET fails or succeeds as a whole. The slices share
+// the memory of the reply's strings (no copy per value): the caller must
+// not modify them.
 func (s *Store) GetMany(ctx context.Context, keys []string) ([][]byte, error) {
 	if len(keys) == 0 {
 		return nil, nil
@@ -122,7 +125,7 @@ func (s *Store) GetMany(ctx context.Context, keys []string) ([][]byte, error) {
 		}
 		for i, v := range vs {
 			if str, ok := v.(string); ok {
-				values[i] = []byte(str)
+				values[i] = readOnly(str)
 			}
 		}
 		return values, nil
@@ -138,13 +141,13 @@ func (s *Store) GetMany(ctx context.Context, keys []string) ([][]byte, error) {
 	})
 	errs := make([]error, len(keys))
 	for i, cmd := range cmds {
-		b, err := cmd.Bytes()
+		str, err := cmd.Result()
 		switch {
 		case errors.Is(err, redis.Nil):
 		case err != nil:
 			errs[i] = err
 		default:
-			values[i] = b
+			values[i] = readOnly(str)
 		}
 	}
 	return batchResult(values, s.batchErr("GET pipeline", errs))
@@ -301,4 +304,14 @@ func (s *Store) evalMany(ctx context.Context, sc *redis.Script, calls []scriptCa
 	}
 	send(missing)
 	return cmds
+}
+
+// readOnly returns the bytes of str without copying them; they must not be
+// modified. go-redis hands a reply's values over as strings, and a batch
+// read would otherwise copy every value once more only to decode it.
+func readOnly(str string) []byte {
+	if str == "" {
+		return []byte{}
+	}
+	return unsafe.Slice(unsafe.StringData(str), len(str))
 }

@@ -49,11 +49,11 @@ func noteStale(ctx context.Context, key string, cause error) {
 
 // staleCandidate returns f if fail-safe may serve it: MaxStale is on and f
 // is a value, not a "not found".
-func (c *Cache[V]) staleCandidate(f *found[V]) *found[V] {
+func (c *Cache[V]) staleCandidate(f found[V]) *found[V] {
 	if c.o.MaxStale <= 0 || f.env.Negative {
 		return nil
 	}
-	return f
+	return &f
 }
 
 // serveStale answers a flight whose load failed (cause) with stale, an
@@ -75,9 +75,9 @@ func (c *Cache[V]) serveStale(ctx context.Context, t l1.Ticket, key string, stal
 	if c.o.FailSafeThrottle > 0 {
 		m := metaOf(stale.env)
 		m.stale, m.refresh = cause, math.MaxInt64
-		c.fill(t, key, stale.v, m, len(raw), c.o.FailSafeThrottle)
+		c.fill(t, key, stale.e.v, m, len(raw), c.o.FailSafeThrottle)
 	}
-	return outcome[V]{v: stale.v, stale: cause}
+	return outcome[V]{v: stale.e.v, stale: cause}
 }
 
 // servedStale counts a call answered with an expired value and tells its

@@ -40,10 +40,19 @@ func (c *Cache[V]) fill(t l1.Ticket, key string, v V, m meta, cost int, ttl time
 	if c.l1 == nil {
 		return
 	}
+	c.fillEntry(t, key, newEntry(v, m), cost, ttl)
+}
+
+// fillEntry is fill of an entry already built; L1 keeps e, which must not
+// change afterwards.
+func (c *Cache[V]) fillEntry(t l1.Ticket, key string, e *entry[V], cost int, ttl time.Duration) {
+	if c.l1 == nil {
+		return
+	}
 	if c.beforeFill != nil {
 		c.beforeFill(key)
 	}
-	c.l1.Fill(t, key, newEntry(v, m), int64(cost), min(c.o.L1TTL, ttl))
+	c.l1.Fill(t, key, e, int64(cost), min(c.o.L1TTL, ttl))
 }
 
 // recheckL1 looks in L1 again at the start of a flight: a flight that
@@ -131,18 +140,20 @@ func (c *Cache[V]) fetch(ctx context.Context, key string) outcome[V] {
 
 // found is a value read from Redis and decoded.
 type found[V any] struct {
-	v   V
+	e   *entry[V] // the value, decoded straight into what L1 will hold
 	env l2.Envelope
 	raw []byte
 }
 
 // decode decodes raw, read from Redis for key. If raw does not decode, it
 // counts it, deletes it from Redis (only if unchanged) and reports false:
-// the caller treats it as a miss.
+// the caller treats it as a miss. The value is decoded into a new L1
+// entry, so that a hit allocates once for both the codec and L1.
 func (c *Cache[V]) decode(ctx context.Context, key string, raw []byte) (f found[V], ok bool) {
 	env, err := l2.DecodeEnvelope(raw)
+	f.e = new(entry[V])
 	if err == nil && !env.Negative {
-		if uerr := c.o.Codec.Unmarshal(env.Payload, &f.v); uerr != nil {
+		if uerr := c.o.Codec.Unmarshal(env.Payload, &f.e.v); uerr != nil {
 			err = fmt.Errorf("%w: codec: %w", l2.ErrCorrupt, uerr)
 		}
 	}
@@ -152,7 +163,7 @@ func (c *Cache[V]) decode(ctx context.Context, key string, raw []byte) (f found[
 			slog.String("namespace", c.o.Namespace), slog.String("key", key))
 		_, derr := c.l2.DeleteIfEqual(ctx, key, raw)
 		c.l2Done("delete corrupt", derr)
-		return f, false
+		return found[V]{}, false
 	}
 	f.env, f.raw = env, raw
 	return f, true
@@ -167,15 +178,16 @@ func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte)
 		return o, nil, false
 	}
 	if f.env.Expired(time.Now()) {
-		return o, c.staleCandidate(&f), false
+		return o, c.staleCandidate(f), false
 	}
 	c.stats.l2Hits.Add(1)
-	c.fill(t, key, f.v, metaOf(f.env), len(raw), time.Until(f.env.Expiry))
+	f.e.meta = metaOf(f.env)
+	c.fillEntry(t, key, f.e, len(raw), time.Until(f.env.Expiry))
 	if f.env.Negative {
 		c.stats.negativeHits.Add(1)
 		return outcome[V]{err: ErrNotFound}, nil, true
 	}
-	return outcome[V]{v: f.v}, nil, true
+	return outcome[V]{v: f.e.v}, nil, true
 }
 
 // load is the flight of GetOrLoad: L1 again, Redis, then the lease and the
@@ -226,7 +238,7 @@ func (c *Cache[V]) loadLeased(ctx context.Context, t l1.Ticket, e epoch, key str
 		}
 		if res.Stale != nil { // the latest expired value
 			if f, ok := c.decode(ctx, key, res.Stale); ok {
-				stale = c.staleCandidate(&f)
+				stale = c.staleCandidate(f)
 			}
 		}
 		if stale != nil && c.o.SoftTimeout > 0 {

@@ -134,8 +134,8 @@ func TestRefreshLosesToWrite(t *testing.T) {
 		}
 		if raw, _ := c.l2.Get(ctx, "k"); raw == nil {
 			t.Fatal("value gone from Redis")
-		} else if f, ok := c.decode(ctx, "k", raw); !ok || f.v.Version != 42 {
-			t.Fatalf("Redis holds %+v, want the Set's value", f.v)
+		} else if f, ok := c.decode(ctx, "k", raw); !ok || f.e.v.Version != 42 {
+			t.Fatalf("Redis holds %+v, want the Set's value", f.e.v)
 		}
 	})
 }

@@ -21,8 +21,8 @@ import (
 // once; joiners wait for done.
 type call[V any] struct {
 	done chan struct{} // closed by finish
-	// v, err and stale are written by finish before done is closed, and
-	// read only after.
+	// v, err and stale are written by the leader (finish, or a batch before
+	// finishMany) before done is closed, and read only after.
 	v     V
 	err   error
 	stale error // non-nil: v is an expired value served through fail-safe; the cause
@@ -60,6 +60,52 @@ func (g *group[V]) finish(key string, c *call[V], o outcome[V]) {
 	g.mu.Unlock()
 	c.v, c.err, c.stale = o.v, o.err, o.stale
 	close(c.done)
+}
+
+// joinMany is join for many keys under one lock: calls[i] becomes keys[i]'s
+// flight, and led lists the indexes of the flights the caller started
+// (a key repeated in keys joins the flight of its first occurrence). The
+// flights it starts share one allocation and one done channel: the caller
+// finishes them together with finishMany.
+func (g *group[V]) joinMany(keys []string, calls []*call[V]) (led []int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.m == nil {
+		g.m = make(map[string]*call[V])
+	}
+	var slab []call[V]
+	var done chan struct{}
+	for i, k := range keys {
+		if c, ok := g.m[k]; ok {
+			calls[i] = c
+			continue
+		}
+		if slab == nil {
+			slab, done = make([]call[V], len(keys)-i), make(chan struct{})
+		}
+		c := &slab[0]
+		slab = slab[1:]
+		c.done = done
+		g.m[k] = c
+		calls[i] = c
+		led = append(led, i)
+	}
+	return led
+}
+
+// finishMany finishes flights that joinMany started together: calls[i] of
+// keys[i], whose outcomes the caller has written into them.
+func (g *group[V]) finishMany(keys []string, calls []*call[V]) {
+	g.mu.Lock()
+	for i, k := range keys {
+		if g.m[k] == calls[i] {
+			delete(g.m, k)
+		}
+	}
+	g.mu.Unlock()
+	if len(calls) > 0 {
+		close(calls[0].done)
+	}
 }
 
 // forget makes later callers of key start a new flight instead of joining
