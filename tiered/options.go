@@ -150,7 +150,9 @@ type Options struct {
 
 	// FailSafeThrottle is how long a value served by fail-safe is served
 	// again, from L1, before the loader is tried again for that key on
-	// this node. Default DefaultFailSafeThrottle; negative: retry at once.
+	// this node. Like every L1 entry it lives at most L1TTL, which caps it
+	// (L1TTL defaults to at most TTL). Without L1 (DisableL1) there is no
+	// throttle. Default DefaultFailSafeThrottle; negative: retry at once.
 	FailSafeThrottle time.Duration
 
 	// SoftTimeout, with MaxStale, bounds how long callers wait for the load
