@@ -44,3 +44,41 @@ func TestJSON(t *testing.T) {
 		t.Fatal("Marshal of a func succeeded")
 	}
 }
+
+func TestRaw(t *testing.T) {
+	t.Parallel()
+	var c Codec = Raw{}
+	for _, in := range []any{[]byte("a\x00b"), []byte{}, "text", ""} {
+		b, err := c.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out any
+		switch in.(type) {
+		case []byte:
+			var p []byte
+			err, out = c.Unmarshal(b, &p), p
+		case string:
+			var p string
+			err, out = c.Unmarshal(b, &p), p
+		}
+		if err != nil || !reflect.DeepEqual(out, in) {
+			t.Fatalf("%q: round trip gave %q, %v", in, out, err)
+		}
+	}
+	src := []byte("shared")
+	var dst []byte
+	if err := c.Unmarshal(src, &dst); err != nil {
+		t.Fatal(err)
+	}
+	src[0] = 'X'
+	if string(dst) != "shared" {
+		t.Fatal("Unmarshal did not copy its input")
+	}
+	if _, err := c.Marshal(42); err == nil {
+		t.Fatal("Raw marshalled an int")
+	}
+	if err := c.Unmarshal([]byte("x"), new(int)); err == nil {
+		t.Fatal("Raw unmarshalled into an *int")
+	}
+}

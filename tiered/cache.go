@@ -101,6 +101,9 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.Codec == nil {
+		o.Codec = defaultCodec[V]()
+	}
 	if rdb == nil {
 		return nil, invalid("nil redis client")
 	}
@@ -150,6 +153,16 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 			slog.String("namespace", o.Namespace))
 	}
 	return c, nil
+}
+
+// defaultCodec is the codec of a cache of V when Options.Codec is nil.
+func defaultCodec[V any]() l2.Codec {
+	var zero V
+	switch any(zero).(type) {
+	case []byte, string:
+		return l2.Raw{}
+	}
+	return l2.JSON{}
 }
 
 // contextTimeouts reports whether rdb applies context deadlines to its

@@ -1,6 +1,7 @@
 package tiered
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tieredcache/tiered/internal/redistest"
+	"github.com/tieredcache/tiered/l2"
 )
 
 // TestPerEntryTTL: SetWithTTL and a loader's OverrideTTL give one value a
@@ -162,5 +164,35 @@ func TestUncacheableLoadsInParallel(t *testing.T) {
 	wg.Wait()
 	if p := peak.Load(); p < 2 {
 		t.Fatalf("the loads ran one after another (peak %d at once, %v in all)", p, time.Since(start))
+	}
+}
+
+// TestRawBytesByDefault: a cache of []byte or string stores the bytes as
+// they are (JSON would store base64 or a quoted string).
+func TestRawBytesByDefault(t *testing.T) {
+	b := redistest.Mini(t)
+	ctx := context.Background()
+	blobs, rdb := newNode[[]byte](t, b.Addr, Options{Namespace: "blobs"})
+	payload := make([]byte, 64)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	if err := blobs.Set(ctx, "b", payload); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := rdb.Get(ctx, "blobs:{b}").Bytes()
+	if err != nil || len(raw) != l2.HeaderSize+64 {
+		t.Fatalf("%d bytes in Redis for 64 raw (%v)", len(raw), err)
+	}
+	other, _ := newNode[[]byte](t, b.Addr, Options{Namespace: "blobs"})
+	if got, err := other.Get(ctx, "b"); err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("Get = %x, %v", got, err)
+	}
+	texts, _ := newNode[string](t, b.Addr, Options{Namespace: "texts"})
+	if err := texts.Set(ctx, "t", `"quoted"`); err != nil {
+		t.Fatal(err)
+	}
+	if raw, _ := rdb.Get(ctx, "texts:{t}").Bytes(); string(raw[l2.HeaderSize:]) != `"quoted"` {
+		t.Fatalf("string stored as %q", raw[l2.HeaderSize:])
 	}
 }

@@ -91,7 +91,8 @@ type Options struct {
 	// Default false.
 	DisableL1 bool
 
-	// Codec encodes values for Redis. Default l2.JSON.
+	// Codec encodes values for Redis. Default l2.Raw for a cache of
+	// []byte or string (their bytes as they are), l2.JSON otherwise.
 	Codec l2.Codec
 
 	// OpTimeout bounds every Redis call of a read through its context: a
