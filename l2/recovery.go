@@ -85,10 +85,30 @@ func (s *Store) CheckRun(ctx context.Context, runID string) (purged bool, err er
 
 // Purge deletes every key of the namespace (values, leases, the run marker)
 // with SCAN and UNLINK, on every master of a Cluster, then publishes ann.
-// It is bounded by ctx; each SCAN and UNLINK by OpTimeout. Keys written
-// while it runs may survive it.
+// It is bounded by ctx; each SCAN and UNLINK by OpTimeout.
+//
+// It deletes the leases first, in a pass of their own: a load that holds a
+// lease taken before the purge then cannot fill after its value's key was
+// passed (its compare-and-set finds the lease gone). A value written by a
+// Set while the purge runs may survive it, as a write after it would.
 func (s *Store) Purge(ctx context.Context, ann Announce) error {
-	pattern := globEscape(s.ns) + ":*"
+	for _, pattern := range []string{globEscape(s.ns) + ":*:lease", globEscape(s.ns) + ":*"} {
+		if err := s.unlinkAll(ctx, pattern); err != nil {
+			return err
+		}
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+	defer cancel()
+	for _, m := range ann.Messages {
+		if err := s.rdb.Publish(cctx, ann.Channel, m).Err(); err != nil {
+			return s.unavailable("PUBLISH", err)
+		}
+	}
+	return nil
+}
+
+// unlinkAll deletes the keys that match pattern on every master.
+func (s *Store) unlinkAll(ctx context.Context, pattern string) error {
 	scan := func(ctx context.Context, c redis.Cmdable) error {
 		var cursor uint64
 		for {
@@ -106,23 +126,10 @@ func (s *Store) Purge(ctx context.Context, ann Announce) error {
 			}
 		}
 	}
-	var err error
 	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
-	} else {
-		err = scan(ctx, s.rdb)
+		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
 	}
-	if err != nil {
-		return err
-	}
-	cctx, cancel := context.WithTimeout(ctx, s.opTimeout)
-	defer cancel()
-	for _, m := range ann.Messages {
-		if err := s.rdb.Publish(cctx, ann.Channel, m).Err(); err != nil {
-			return s.unavailable("PUBLISH", err)
-		}
-	}
-	return nil
+	return scan(ctx, s.rdb)
 }
 
 // globEscape escapes the SCAN MATCH metacharacters of s.

@@ -115,6 +115,30 @@ func (b *Bus) Queue(namespace string, keys []string, until time.Time) {
 	o.wake()
 }
 
+// QueuePurge puts the purge of namespace in the outbox (see the rules
+// above): a write that must drop the whole namespace and could not. The
+// namespace's queued keys are folded into it. Until it is delivered,
+// Pending reports every key of namespace.
+func (b *Bus) QueuePurge(namespace string) {
+	o := b.outbox
+	o.mu.Lock()
+	if !o.purge[namespace] {
+		o.purge[namespace] = true
+		for nk := range o.keys {
+			if nk.ns == namespace {
+				delete(o.keys, nk)
+				o.delivered.Add(1) // covered by the purge, not lost
+			}
+		}
+	}
+	o.queued.Add(1)
+	o.changedLocked()
+	o.mu.Unlock()
+	o.b.log.Log(slog.LevelWarn, "pubsub: purge of the namespace queued in the outbox", nil,
+		slog.String("namespace", namespace))
+	o.wake()
+}
+
 // Redeliver tells the outbox that Redis answers again, so that a delivery
 // waiting out its backoff is tried at once. The bus calls it when it
 // resubscribes; a cache calls it when its breaker closes.
