@@ -481,7 +481,7 @@ func (b *batch[V]) load(ctx context.Context) {
 		return
 	}
 	var m map[string]V
-	r := c.runLoader(ctx, func(lctx context.Context) (V, error) {
+	r := c.runLoader(ctx, keys, func(lctx context.Context) (V, error) {
 		var err error
 		m, err = b.loader.BulkLoad(lctx, keys)
 		var zero V
@@ -554,7 +554,7 @@ func (b *batch[V]) store(ctx context.Context, idx []int, m map[string]V, r loade
 			staleIdx = append(staleIdx, i)
 			continue
 		}
-		if it.pending || (it.cl.err != nil && !neg) || (neg && c.o.NegativeTTL < 0) {
+		if it.pending || r.untracked || (it.cl.err != nil && !neg) || (neg && c.o.NegativeTTL < 0) {
 			release()
 			continue
 		}

@@ -434,3 +434,82 @@ func BenchmarkGetOrLoadL1HitFresh(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkTags: what tags cost (issue 10), on a real redis-server.
+//
+//   - load/untagged, load/tagged: a cold GetOrLoad (L1 off, the key
+//     deleted before each call outside the timer): GET miss, lease, loader,
+//     fill; the tagged loader first calls AddTags with two tags, one more
+//     round trip.
+//   - hit/untagged, hit/tagged: a GetOrLoad answered by L1 of an entry
+//     loaded untagged or tagged. A read never looks at tags, so the two
+//     run the same code; the pair shows it.
+//   - invalidate/keys=100: InvalidateTags of a tag of 100 cached keys
+//     (re-tagged outside the timer).
+func BenchmarkTags(b *testing.B) {
+	addr := redistest.Start(b).Addr
+	ctx := context.Background()
+	untagged := LoaderFunc[benchValue](func(context.Context, string) (benchValue, error) { return newBenchValue(), nil })
+	tagged := LoaderFunc[benchValue](func(ctx context.Context, _ string) (benchValue, error) {
+		if err := AddTags(ctx, "product:42", "category:7"); err != nil {
+			return benchValue{}, err
+		}
+		return newBenchValue(), nil
+	})
+	for _, tc := range []struct {
+		name   string
+		loader Loader[benchValue]
+	}{{"untagged", untagged}, {"tagged", tagged}} {
+		b.Run("load/"+tc.name, func(b *testing.B) {
+			c := benchCache(b, addr, Options{DisableL1: true})
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				b.StopTimer()
+				if err := c.Delete(ctx, "k"); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				v, err := c.GetOrLoad(ctx, "k", tc.loader)
+				if err != nil {
+					b.Fatal(err)
+				}
+				benchSink = v
+			}
+		})
+		b.Run("hit/"+tc.name, func(b *testing.B) {
+			c := benchCache(b, addr, Options{})
+			if _, err := c.GetOrLoad(ctx, "k", tc.loader); err != nil {
+				b.Fatal(err)
+			}
+			c.l1.Wait()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				v, err := c.GetOrLoad(ctx, "k", tc.loader)
+				if err != nil {
+					b.Fatal(err)
+				}
+				benchSink = v
+			}
+		})
+	}
+	b.Run("invalidate/keys=100", func(b *testing.B) {
+		c := benchCache(b, addr, Options{})
+		keys := benchKeys(100)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for b.Loop() {
+			b.StopTimer()
+			for _, k := range keys {
+				if _, err := c.GetOrLoad(ctx, k, tagged); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StartTimer()
+			if err := c.InvalidateTags(ctx, "product:42"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -64,6 +64,13 @@
 // back from a restart or failover with old data is detected and the
 // namespace purged before it is read.
 //
+// # Invalidating groups
+//
+// A loader tags what it loads with [AddTags] (before it reads the source),
+// and [Cache.InvalidateTags] drops every entry of a tag, from Redis and
+// from every node's L1, as Delete of their keys would. [Cache.Clear] drops
+// the whole namespace. Both go through the outbox when Redis fails.
+//
 // # Never putting an old value back
 //
 // A load that began before a write must not store its (older) result after

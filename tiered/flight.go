@@ -341,7 +341,7 @@ func (c *Cache[V]) fillLoaded(ctx context.Context, t l1.Ticket, e epoch, key str
 		}
 		return o
 	}
-	if neg && c.o.NegativeTTL < 0 {
+	if (neg && c.o.NegativeTTL < 0) || r.untracked {
 		return release()
 	}
 	if !c.validSince(ctx, e) || c.bus.Pending(c.o.Namespace, key) {
@@ -384,7 +384,7 @@ func (c *Cache[V]) loadUnleased(ctx context.Context, t l1.Ticket, key string, lo
 	switch {
 	case r.err != nil && !neg && stale != nil:
 		return c.serveStale(ctx, t, key, stale, r.err)
-	case c.l1 == nil:
+	case c.l1 == nil || r.untracked:
 	case r.err == nil:
 		if s, eerr := c.encode(r.v, false, r.ttl); eerr == nil {
 			c.fill(t, key, r.v, s.meta(), len(s.env), s.ttl)
@@ -398,7 +398,7 @@ func (c *Cache[V]) loadUnleased(ctx context.Context, t l1.Ticket, key string, lo
 
 // callLoader runs loader for key (see runLoader).
 func (c *Cache[V]) callLoader(ctx context.Context, key string, loader Loader[V]) loaded[V] {
-	return c.runLoader(ctx, func(lctx context.Context) (V, error) { return loader.Load(lctx, key) })
+	return c.runLoader(ctx, []string{key}, func(lctx context.Context) (V, error) { return loader.Load(lctx, key) })
 }
 
 // addWaiter registers a flight of key as waiting for a lease. There is

@@ -33,8 +33,18 @@ func (f LoaderFunc[V]) Load(ctx context.Context, key string) (V, error) {
 	return f(ctx, key)
 }
 
-// ttlKey is the context key of a load's TTL override.
-type ttlKey struct{}
+// loadKey is the context key of a running load's state (loadState).
+type loadKey struct{}
+
+// loadState is what a loader may tell the cache through its context.
+type loadState struct {
+	ttl atomic.Int64 // OverrideTTL; 0: the cache's own
+	// addTags records tags for the load's keys (AddTags); nil for a cache
+	// that cannot (none so far).
+	addTags func(ctx context.Context, tags []string) error
+	// untracked is set when AddTags failed: the result is cached nowhere.
+	untracked atomic.Bool
+}
 
 // OverrideTTL sets the TTL of what the running load returns. Call it from
 // a Loader or BulkLoader with the context the cache passed in; elsewhere it
@@ -48,8 +58,8 @@ type ttlKey struct{}
 // from the source (a token's lifetime, a price valid until midnight) can
 // cache the result for exactly as long.
 func OverrideTTL(ctx context.Context, ttl time.Duration) {
-	if p, ok := ctx.Value(ttlKey{}).(*atomic.Int64); ok {
-		p.Store(int64(ttl))
+	if st, ok := ctx.Value(loadKey{}).(*loadState); ok {
+		st.ttl.Store(int64(ttl))
 	}
 }
 
@@ -58,6 +68,9 @@ type loaded[V any] struct {
 	v   V
 	err error
 	ttl time.Duration // set by OverrideTTL; 0 means the cache's own
+	// untracked: the loader's AddTags failed, so an invalidation of its
+	// tags could miss the result: it must be cached nowhere.
+	untracked bool
 }
 
 // runLoader runs load on a goroutine of its own with a context that ends
@@ -70,10 +83,10 @@ type loaded[V any] struct {
 //
 // ctx must not be cancellable before LoadTimeout other than by the cache:
 // flights pass one without their callers' cancellation.
-func (c *Cache[V]) runLoader(ctx context.Context, load func(context.Context) (V, error)) loaded[V] {
+func (c *Cache[V]) runLoader(ctx context.Context, keys []string, load func(context.Context) (V, error)) loaded[V] {
 	c.stats.loads.Add(1)
-	ttl := new(atomic.Int64)
-	lctx, cancel := context.WithTimeout(context.WithValue(ctx, ttlKey{}, ttl), c.o.LoadTimeout)
+	st := &loadState{addTags: func(ctx context.Context, tags []string) error { return c.addTags(ctx, keys, tags) }}
+	lctx, cancel := context.WithTimeout(context.WithValue(ctx, loadKey{}, st), c.o.LoadTimeout)
 	defer cancel() // only once the loader returned or LoadTimeout passed
 	ch := make(chan loaded[V], 1)
 	c.running.Add(1) // the caller is a running flight: the count is > 0
@@ -87,13 +100,14 @@ func (c *Cache[V]) runLoader(ctx context.Context, load func(context.Context) (V,
 			ch <- r
 		}()
 		v, err := load(lctx)
-		r = loaded[V]{v: v, err: err, ttl: time.Duration(ttl.Load())}
+		r = loaded[V]{v: v, err: err, ttl: time.Duration(st.ttl.Load()), untracked: st.untracked.Load()}
 	}()
 	var r loaded[V]
 	select {
 	case r = <-ch:
 	case <-lctx.Done():
 		r.err = lctx.Err()
+		r.untracked = true // what the loader does from now on is not waited for
 	}
 	if r.err != nil && lctx.Err() != nil && errors.Is(r.err, context.DeadlineExceeded) {
 		r.err = fmt.Errorf("%w after %v: %w", ErrLoadTimeout, c.o.LoadTimeout, r.err)
