@@ -74,6 +74,8 @@ func (e *BatchError) Unwrap() []error {
 	return errs
 }
 
+var errNilBulkLoader = errors.New("tiered: nil bulk loader")
+
 // GetMany returns the values of keys from L1, Redis, or loader, in that
 // order, and caches what loader returns in both tiers: GetOrLoad for many
 // keys, in one round trip per step instead of one per key.
@@ -95,9 +97,9 @@ func (e *BatchError) Unwrap() []error {
 // returned with ctx's error. ErrClosed; an error for a nil loader.
 func (c *Cache[V]) GetMany(ctx context.Context, keys []string, loader BulkLoader[V]) (map[string]V, error) {
 	if loader == nil {
-		return nil, errors.New("tiered: nil bulk loader")
+		return nil, errNilBulkLoader
 	}
-	return c.many(ctx, keys, loader)
+	return c.many(ctx, keys, loader, true)
 }
 
 // GetManyCached is Get for many keys: L1, then one round trip to Redis for
@@ -106,11 +108,13 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string, loader BulkLoader
 // error wrapping ErrUnavailable) or are invalid are reported in a
 // *BatchError beside the values of the others.
 func (c *Cache[V]) GetManyCached(ctx context.Context, keys []string) (map[string]V, error) {
-	return c.many(ctx, keys, nil)
+	return c.many(ctx, keys, nil, true)
 }
 
 // many is GetMany, or GetManyCached when loader is nil.
-func (c *Cache[V]) many(ctx context.Context, keys []string, loader BulkLoader[V]) (map[string]V, error) {
+// shared is true for a call of the shared API, whose keys may not be
+// scoped ones (see reserved).
+func (c *Cache[V]) many(ctx context.Context, keys []string, loader BulkLoader[V], shared bool) (map[string]V, error) {
 	if c.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -131,6 +135,11 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, loader BulkLoader[V]
 	}
 	var miss []string // valid keys that L1 did not answer
 	for _, k := range keys {
+		if shared && reserved(k) {
+			c.stats.rejected.Add(1)
+			fail(k, ErrKeyReserved)
+			continue
+		}
 		if err := c.checkKey(k); err != nil {
 			fail(k, err)
 			continue

@@ -259,6 +259,10 @@ func (c *Cache[V]) checkKey(key string) error {
 	return nil
 }
 
+// reserved reports whether a key given to the shared (unscoped) API starts
+// with the scope mark, which only Scoped keys may.
+func reserved(key string) bool { return len(key) > 0 && key[0] == scopeMark[0] }
+
 // fromL1 looks key up in L1 at now (a mono.Now reading), given whether the
 // bus proved L1 fresh at now. L1 is not consulted without that proof (an
 // invalidation may have been published and not applied), nor for a key
@@ -304,6 +308,15 @@ func (e *entry[V]) outcome() outcome[V] {
 // a miss (or a cached "not found"), an error wrapping ErrUnavailable when
 // Redis failed, and ErrKeyEmpty, ErrKeyTooLong or ErrClosed.
 func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
+	if reserved(key) {
+		var zero V
+		c.stats.rejected.Add(1)
+		return zero, ErrKeyReserved
+	}
+	return c.get(ctx, key)
+}
+
+func (c *Cache[V]) get(ctx context.Context, key string) (V, error) {
 	if err := c.checkKey(key); err != nil {
 		var zero V
 		return zero, err
@@ -339,6 +352,15 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 // All callers of GetOrLoad for one key should pass equivalent loaders: a
 // caller may receive the result of another caller's loader.
 func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, loader Loader[V]) (V, error) {
+	if reserved(key) {
+		var zero V
+		c.stats.rejected.Add(1)
+		return zero, ErrKeyReserved
+	}
+	return c.getOrLoad(ctx, key, loader)
+}
+
+func (c *Cache[V]) getOrLoad(ctx context.Context, key string, loader Loader[V]) (V, error) {
 	if err := c.checkKey(key); err != nil {
 		var zero V
 		return zero, err
@@ -463,6 +485,10 @@ func (c *Cache[V]) enter() bool {
 // wrapping ErrUnavailable: one that also wraps ErrQueued if the outbox has
 // not delivered the invalidation by the deadline; v was not stored.
 func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
+	if reserved(key) {
+		c.stats.rejected.Add(1)
+		return ErrKeyReserved
+	}
 	return c.set(ctx, key, v, 0)
 }
 
@@ -474,6 +500,10 @@ func (c *Cache[V]) SetWithTTL(ctx context.Context, key string, v V, ttl time.Dur
 	if ttl <= 0 || ttl > c.o.MaxTTL {
 		c.stats.rejected.Add(1)
 		return fmt.Errorf("%w: %v, want > 0 and ≤ MaxTTL %v", ErrInvalidTTL, ttl, c.o.MaxTTL)
+	}
+	if reserved(key) {
+		c.stats.rejected.Add(1)
+		return ErrKeyReserved
 	}
 	return c.set(ctx, key, v, ttl)
 }
@@ -522,6 +552,16 @@ func (c *Cache[V]) set(ctx context.Context, key string, v V, ttl time.Duration) 
 // the outbox goes on. A write that reached Redis but
 // lost its reply is harmless to deliver again.
 func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
+	for _, k := range keys {
+		if reserved(k) {
+			c.stats.rejected.Add(1)
+			return ErrKeyReserved
+		}
+	}
+	return c.delete(ctx, keys...)
+}
+
+func (c *Cache[V]) delete(ctx context.Context, keys ...string) error {
 	for _, k := range keys {
 		if err := c.checkKey(k); err != nil {
 			return err

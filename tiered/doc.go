@@ -64,6 +64,16 @@
 // back from a restart or failover with old data is detected and the
 // namespace purged before it is read.
 //
+// # Per-identity data
+//
+// A loader runs once per key for every caller of the key, with the first
+// caller's context values. A loader of a shared key must therefore never
+// read who is asking from its context: a key "me" whose loader reads the
+// user caches one user's data for all. [Cache.Scope] returns a view whose
+// keys carry a hash of the identity: each identity has its own flights and
+// entries, a shared key cannot collide with them ([ErrKeyReserved]), and
+// [Scoped.Clear] drops one identity's entries fleet-wide.
+//
 // # Invalidating groups
 //
 // A loader tags what it loads with [AddTags] (before it reads the source),

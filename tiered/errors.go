@@ -33,6 +33,11 @@ var (
 	// or written.
 	ErrKeyTooLong = errors.New("tiered: key too long")
 
+	// ErrKeyReserved rejects a key that starts with the byte 0x00, which
+	// marks the keys of a Scope: a shared key can never be mistaken for a
+	// scoped one. Nothing is read or written.
+	ErrKeyReserved = errors.New("tiered: key starts with 0x00, reserved for scoped keys")
+
 	// ErrValueTooLarge rejects a value whose encoding is over
 	// Options.MaxValueBytes. Nothing is written.
 	ErrValueTooLarge = errors.New("tiered: value too large")

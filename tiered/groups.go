@@ -133,7 +133,7 @@ func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) error {
 	}
 	for len(keys) > 0 {
 		n := min(len(keys), tagChunk)
-		if err := c.Delete(wctx, keys[:n]...); err != nil {
+		if err := c.delete(wctx, keys[:n]...); err != nil {
 			return err // queued in the outbox: delivered when Redis answers
 		}
 		keys = keys[n:]
