@@ -115,6 +115,16 @@ func (s Scoped[V]) GetMany(ctx context.Context, keys []string, loader BulkLoader
 	return s.unscope(res), s.unscopeErr(err)
 }
 
+// GetManyCached is Cache.GetManyCached of this identity's keys.
+func (s Scoped[V]) GetManyCached(ctx context.Context, keys []string) (map[string]V, error) {
+	stored := make([]string, len(keys))
+	for i, k := range keys {
+		stored[i] = s.Key(k)
+	}
+	res, err := s.c.many(ctx, stored, nil, false)
+	return s.unscope(res), s.unscopeErr(err)
+}
+
 // Set is Cache.Set of this identity's key, tagged with the scope's tag. If
 // the tag cannot be recorded, the key is deleted instead (an untagged value
 // would survive Clear) and the error returned.

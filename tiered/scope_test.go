@@ -74,6 +74,9 @@ func TestScope(t *testing.T) {
 		if err != nil || m["cart"] != "cart of alice" || m["prefs"] != "dark" || m["wishlist"] != "loaded wishlist" {
 			t.Fatalf("GetMany = %v, %v", m, err)
 		}
+		if m, err := a.Scope("alice").GetManyCached(ctx, []string{"cart", "prefs", "none"}); err != nil || len(m) != 2 || m["prefs"] != "dark" {
+			t.Fatalf("GetManyCached = %v, %v", m, err)
+		}
 		if err := a.Scope("alice").Clear(ctx); err != nil {
 			t.Fatal(err)
 		}
