@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/bits"
@@ -167,3 +168,34 @@ func (h *hist) quantile(q float64) time.Duration {
 
 // usf returns d in microseconds.
 func usf(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// offOn runs a workload twice, each on a redis-server of its own: with
+// its option off (0), then on (the value on). run prints the run's line;
+// it returns the run's missed targets (a figure the workload checks) and
+// its error (the run itself failed). offOn reports the missed targets of
+// both runs together, after both ran.
+func offOn(ctx context.Context, workload, option string, on time.Duration, run func(addr, name string, d time.Duration) (missed, err error)) error {
+	var failed []error
+	for _, d := range []time.Duration{0, on} {
+		name := map[bool]string{false: "off", true: "on"}[d > 0]
+		var missed error
+		err := withServer(workload+" "+option+"="+name, func(addr string) error {
+			var err error
+			missed, err = run(addr, name, d)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("%s %s=%s: %w", workload, option, name, err)
+		}
+		if missed != nil {
+			failed = append(failed, missed)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%s: %w", workload, errors.Join(failed...))
+	}
+	return nil
+}

@@ -62,17 +62,10 @@ func (r downResult) firstErrorMS() float64 {
 }
 
 func runDBDown(ctx context.Context, cfg config) error {
-	var failed []error
-	for _, maxStale := range []time.Duration{0, downMaxStale} {
-		name := map[bool]string{false: "off", true: "on"}[maxStale > 0]
-		var r downResult
-		err := withServer("dbdown maxstale="+name, func(addr string) error {
-			var err error
-			r, err = dbDown(ctx, cfg, addr, maxStale)
-			return err
-		})
+	return offOn(ctx, "dbdown", "maxstale", downMaxStale, func(addr, name string, maxStale time.Duration) (error, error) {
+		r, err := dbDown(ctx, cfg, addr, maxStale)
 		if err != nil {
-			return fmt.Errorf("dbdown maxstale=%s: %w", name, err)
+			return nil, err
 		}
 		fmt.Printf("workload=dbdown maxstale=%s nodes=%d readers=%d keys=%d ttl_ms=%d outage_s=%.1f reads=%d errors=%d stale_served=%d loader_calls=%d first_error_ms=%.1f\n",
 			name, cfg.nodes, cfg.nodes*downReaders, downKeys, downTTL.Milliseconds(), r.elapsed.Seconds(),
@@ -83,21 +76,16 @@ func runDBDown(ctx context.Context, cfg config) error {
 		if r.firstErr != nil {
 			fmt.Fprintf(os.Stderr, "benchfleet: dbdown maxstale=%s: first error: %v\n", name, r.firstErr)
 		}
-		if maxStale > 0 {
-			fmt.Fprintf(os.Stderr, "benchfleet: dbdown maxstale=on: errors=%d (target 0): %s; loader calls per key and node %.1f over %.1fs\n",
-				r.errs, verdict(r.errs == 0), float64(r.loaderCalls)/float64(downKeys*cfg.nodes), r.elapsed.Seconds())
-			if r.errs > 0 {
-				failed = append(failed, fmt.Errorf("maxstale=on: %d errors, first %.1fms into the outage: %w", r.errs, msf(r.firstErrAt), r.firstErr))
-			}
+		if maxStale == 0 {
+			return nil, nil
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
+		fmt.Fprintf(os.Stderr, "benchfleet: dbdown maxstale=on: errors=%d (target 0): %s; loader calls per key and node %.1f over %.1fs\n",
+			r.errs, verdict(r.errs == 0), float64(r.loaderCalls)/float64(downKeys*cfg.nodes), r.elapsed.Seconds())
+		if r.errs > 0 {
+			return fmt.Errorf("maxstale=on: %d errors, first %.1fms into the outage: %w", r.errs, msf(r.firstErrAt), r.firstErr), nil
 		}
-	}
-	if len(failed) > 0 {
-		return fmt.Errorf("dbdown: %w", errors.Join(failed...))
-	}
-	return nil
+		return nil, nil
+	})
 }
 
 // dbDown makes one run with Options.MaxStale = maxStale on a server at

@@ -77,17 +77,10 @@ type hotResult struct {
 type span struct{ start, end time.Duration }
 
 func runHotExpiry(ctx context.Context, cfg config) error {
-	var failed []error
-	for _, fresh := range []time.Duration{0, hotFresh} {
-		name := map[bool]string{false: "off", true: "on"}[fresh > 0]
-		var r hotResult
-		err := withServer("hotexpiry fresh="+name, func(addr string) error {
-			var err error
-			r, err = hotExpiry(ctx, cfg, addr, fresh)
-			return err
-		})
+	return offOn(ctx, "hotexpiry", "fresh", hotFresh, func(addr, name string, fresh time.Duration) (error, error) {
+		r, err := hotExpiry(ctx, cfg, addr, fresh)
 		if err != nil {
-			return fmt.Errorf("hotexpiry fresh=%s: %w", name, err)
+			return nil, err
 		}
 		fmt.Printf("workload=hotexpiry fresh=%s nodes=%d readers=%d ttl_ms=%d fresh_ms=%d loader_ms=%d duration_s=%.1f reads=%d waited=%d p50_us=%.2f p99_us=%.2f max_ms=%.2f db_loads=%d refreshes=%d periods=%d loads_per_period_mean=%.2f loads_per_period_max=%d errors=%d\n",
 			name, cfg.nodes, cfg.nodes*hotReaders, hotTTL.Milliseconds(), fresh.Milliseconds(), hotLoad.Milliseconds(), r.elapsed.Seconds(),
@@ -98,6 +91,7 @@ func runHotExpiry(ctx context.Context, cfg config) error {
 		}
 		fmt.Fprintf(os.Stderr, "benchfleet: hotexpiry fresh=%s: %d waited calls overlapped no load; loads at (ms) %s\n",
 			name, r.slowNoLoad, fmtSpans(r.loadStarts, r.loadEnds))
+		var failed []error
 		if r.firstErr != nil {
 			failed = append(failed, fmt.Errorf("fresh=%s: %d errors, first: %w", name, r.errs, r.firstErr))
 		}
@@ -109,14 +103,8 @@ func runHotExpiry(ctx context.Context, cfg config) error {
 				failed = append(failed, fmt.Errorf("fresh=on: %d callers waited on the loader, up to %d loads in a period", r.waited, r.perPeriod))
 			}
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-	}
-	if len(failed) > 0 {
-		return fmt.Errorf("hotexpiry: %w", errors.Join(failed...))
-	}
-	return nil
+		return errors.Join(failed...), nil
+	})
 }
 
 // fmtSpans formats load spans as start–end in ms.
