@@ -127,7 +127,7 @@ func (d *decoder) uvarint(max uint64, what string) uint64 {
 		return 0
 	}
 	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
+	if n <= 0 || (n > 1 && d.b[n-1] == 0) { // overlong: one encoding per value
 		d.err = fmt.Errorf("%w: bad %s", ErrCorrupt, what)
 		return 0
 	}
@@ -141,6 +141,9 @@ func (d *decoder) uvarint(max uint64, what string) uint64 {
 
 func (d *decoder) string(what string) string {
 	n := d.uvarint(uint64(len(d.b)), what+" length")
+	if d.err == nil && n > uint64(len(d.b)) { // the length's own bytes are gone
+		d.err = fmt.Errorf("%w: %s past the end", ErrCorrupt, what)
+	}
 	if d.err != nil {
 		return ""
 	}
