@@ -60,8 +60,10 @@ func Example() {
 		fmt.Fprintf(w, `{"id":42,"price":%d}`, price)
 	})
 	route, err := httpcache.New(cache, &httpcache.Options{
-		TTL:  10 * time.Minute,
-		Tags: func(r *http.Request) []string { return []string{"product:" + strings.TrimPrefix(r.URL.Path, "/products/")} },
+		TTL: 10 * time.Minute,
+		Tags: func(r *http.Request) []string {
+			return []string{"product:" + strings.TrimPrefix(r.URL.Path, "/products/")}
+		},
 	})
 	if err != nil {
 		panic(err)
