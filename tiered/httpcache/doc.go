@@ -54,7 +54,7 @@
 // [Options.MaxTTL], else for [Options.TTL] (default the cache's TTL).
 // Hits carry Age, the seconds since the response was stored, and its
 // original Date (set at store time when the handler set none). Hop-by-hop
-// headers are not stored. A 2xx response without an ETag gets a strong one
+// headers are not stored. A 200 or 203 response without an ETag gets a strong one
 // made from its body's SHA-256; a request whose If-None-Match matches the
 // ETag of a cached response gets 304 Not Modified from the cache.
 //
