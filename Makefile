@@ -20,7 +20,7 @@ LONGFUZZ  ?= 5m
 BENCHOUT  ?= bench.txt
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.6.1
 
-FUZZ_TARGETS = ./l2:FuzzDecodeEnvelope ./pubsub:FuzzDecode
+FUZZ_TARGETS = ./l2:FuzzDecodeEnvelope ./pubsub:FuzzDecode ./tiered/httpcache:FuzzDecodeResponse
 
 .PHONY: all test vet unit example-test fuzz-short fuzz bench bench-fleet example lint cover clean
 
