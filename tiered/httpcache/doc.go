@@ -31,10 +31,11 @@
 //     may not be stored is never shared.
 //   - A request with credentials (Authorization or Cookie) passes through
 //     uncached, unless the route declares a [Scope]: [Public] (the response
-//     is the same for everyone) or [PerIdentity] (the identity's SHA-256 is
-//     part of the key and of a tag, [IdentityTag]; without an identity the
-//     request passes through). A custom [Options.Key] cannot drop the
-//     scope: the middleware appends it.
+//     is the same for everyone) or [PerIdentity] (the entry lives in the
+//     cache's tiered.Scope of the identity: its key carries the identity's
+//     hash, and it is tagged [IdentityTag]; without an identity the request
+//     passes through). A custom [Options.Key] cannot drop the scope: its
+//     key is stored inside it.
 //   - The handler always runs with the request whose key it fills. A
 //     handler under a shared key must not read who the caller is (from a
 //     cookie, from the context): its response would be served to
@@ -44,8 +45,8 @@
 //
 // A key is "GET " + Options.Key(r) (default [DefaultKey]: host, escaped
 // path, query sorted by name), one line per Options.Vary header with the
-// request's values, and a scope line: "scope: shared" or "scope: id "
-// followed by the identity's hex SHA-256. A key over the cache's
+// request's values; a PerIdentity route stores it in the identity's
+// tiered.Scope, which prefixes the identity's hash. A key over the cache's
 // MaxKeyBytes passes through uncached.
 //
 // # Freshness and validation

@@ -89,7 +89,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.bypass(w, r)
 		return
 	}
-	var idHash string
+	// A per-identity entry lives under the cache's Scope of the identity:
+	// its key carries the identity's hash (a shared key cannot equal it),
+	// and it is tagged tiered.ScopeTag(identity) (IdentityTag).
+	var scoped *tiered.Scoped[*Response]
 	switch m.o.Scope.kind {
 	case anonymous:
 		if hasCredentials(r) {
@@ -102,17 +105,22 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.bypass(w, r)
 			return
 		}
-		idHash = HashIdentity(id)
+		sc := m.c.Scope(id)
+		scoped = &sc
 	}
 	var tags []string
 	if m.o.Tags != nil {
 		tags = slices.Clone(m.o.Tags(r))
 	}
-	if idHash != "" {
-		tags = append(tags, "identity:"+idHash)
-	}
 	rn := &run{w: w, attached: true, done: make(chan struct{})}
-	resp, err := m.c.GetOrLoad(r.Context(), m.key(r, idHash), h.loader(rn, r, tags))
+	key, loader := m.key(r), h.loader(rn, r, tags)
+	var resp *Response
+	var err error
+	if scoped != nil {
+		resp, err = scoped.GetOrLoad(r.Context(), key, loader)
+	} else {
+		resp, err = m.c.GetOrLoad(r.Context(), key, loader)
+	}
 	rn.mu.Lock()
 	rn.attached = false
 	claimed := rn.claimed

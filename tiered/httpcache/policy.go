@@ -3,13 +3,14 @@ package httpcache
 import (
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tieredcache/tiered/tiered"
 )
 
 // This file holds the HTTP rules: what may be stored, for how long, which
@@ -158,29 +159,26 @@ func DefaultKey(r *http.Request) string {
 	return r.Host + r.URL.EscapedPath() + "?" + q
 }
 
-// HashIdentity returns the hex SHA-256 of identity, which stands for it in
-// keys and tags: Redis never holds the identity itself.
-func HashIdentity(identity string) string {
-	sum := sha256.Sum256([]byte(identity))
-	return hex.EncodeToString(sum[:])
-}
-
 // IdentityTag returns the tag of every entry cached for identity by a
-// PerIdentity route: "identity:" followed by [HashIdentity] of it. After
-// a change to what one user sees everywhere (a logout, new permissions),
-// InvalidateTags(ctx, IdentityTag(id)) drops all of that user's entries.
+// PerIdentity route: tiered.ScopeTag(identity), since such entries live in
+// the cache's Scope of the identity. After a change to what one user sees
+// everywhere (a logout, new permissions), InvalidateTags(ctx,
+// IdentityTag(id)) drops all of that user's entries. The tag holds a hash
+// of the identity, never the identity.
 func IdentityTag(identity string) string {
-	return "identity:" + HashIdentity(identity)
+	return tiered.ScopeTag(identity)
 }
 
-// key returns the cache key of r, with the hash of its identity (or "" for
-// a shared entry). Layout, fields separated by newlines (which neither a
-// host, an escaped path, a canonical query nor a header value holds):
+// key returns the cache key of r. Layout, fields separated by newlines
+// (which neither a host, an escaped path, a canonical query nor a header
+// value holds):
 //
 //	GET <Options.Key(r)>
 //	<Vary header>: <its values, comma-joined>   (one line per Options.Vary)
-//	scope: shared | id <hex SHA-256 of the identity>
-func (m *Middleware) key(r *http.Request, idHash string) string {
+//
+// A per-identity route stores it in the identity's tiered.Scope, which
+// prefixes it with the identity's hash.
+func (m *Middleware) key(r *http.Request) string {
 	var b strings.Builder
 	b.WriteString("GET ")
 	b.WriteString(m.o.Key(r))
@@ -189,12 +187,6 @@ func (m *Middleware) key(r *http.Request, idHash string) string {
 		b.WriteString(h)
 		b.WriteString(": ")
 		b.WriteString(strings.Join(r.Header.Values(h), ", "))
-	}
-	if idHash == "" {
-		b.WriteString("\nscope: shared")
-	} else {
-		b.WriteString("\nscope: id ")
-		b.WriteString(idHash)
 	}
 	return b.String()
 }

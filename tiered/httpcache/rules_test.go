@@ -65,7 +65,7 @@ func TestStorable(t *testing.T) {
 				if tc.status != 204 && second.body != "body of "+path {
 					t.Fatalf("body %q", second.body)
 				}
-				key := m.key(httptestRequest("GET", path), "")
+				key := m.key(httptestRequest("GET", path))
 				_, err := c.Get(ctx, key)
 				inCache := err == nil
 				if tc.stored {
@@ -246,7 +246,7 @@ func TestTTL(t *testing.T) {
 			}))
 			path := "/" + strings.ReplaceAll(tc.name, " ", "-")
 			do(srv, "GET", path)
-			key := "ttl:{" + m.key(httptestRequest("GET", path), "") + "}"
+			key := "ttl:{" + m.key(httptestRequest("GET", path)) + "}"
 			if got := b.Mini.TTL(key); got != tc.want {
 				t.Fatalf("Redis TTL %v, want %v", got, tc.want)
 			}
