@@ -2,24 +2,31 @@ package l2
 
 import (
 	"context"
-	"errors"
+	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
 // Tags. A tag is a name for a group of keys (every cached page that shows
-// product 42). Each tag t of namespace ns has a Redis set of the user keys
-// that carry it:
+// product 42). Each tag t of namespace ns has a Redis sorted set of the
+// user keys that carry it, each scored with the server's time (µs) of its
+// last AddTags:
 //
 //	ns:tag:{t}   the keys tagged t (t escaped as a user key is)
 //
 // The sets are written before the tagged values are loaded (AddTags), and
 // read to invalidate a tag (TagMembers): its keys are then deleted like any
-// keys. So a tag costs nothing on the read path. A set expires a while
-// after its last member was added (the ttl given to AddTags), when every
-// value tagged so is gone too; its members may outlive their values, which
-// only makes an invalidation delete a key that is no longer there.
+// keys, and the members read are removed (RemoveTagMembers) by score, up to
+// the time of the read: a key that a new load tagged again since keeps its
+// membership. (A plain set lost it: the SREM of the invalidated members
+// removed the new load's SADD too, which had added nothing, and the next
+// invalidation missed the key. The example cluster's probe found it.)
+// So a tag costs nothing on the read path. A set expires a while after its
+// last member was added (the ttl given to AddTags), when every value tagged
+// so is gone too; its members may outlive their values, which only makes an
+// invalidation delete a key that is no longer there.
 
 // tagKey returns the Redis key of tag's set. It starts with "ns:tag:{",
 // which no key of a value, lease or waiters ("ns:{") does.
@@ -31,14 +38,26 @@ func (s *Store) tagKey(tag string) string {
 	return s.ns + ":tag:{" + esc + tag + "}"
 }
 
-// addTagScript adds members to a tag's set and raises its TTL to at least
-// ARGV[1] ms (it never shortens it).
+// addTagScript adds members to a tag's set, scored with the server's time
+// in µs, and raises the set's TTL to at least ARGV[1] ms (it never
+// shortens it).
 //
 //	KEYS[1] the tag's set  ARGV[1] TTL in ms  ARGV[2..] members
 var addTagScript = redis.NewScript(`
-for i = 2, #ARGV do redis.call('SADD', KEYS[1], ARGV[i]) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return 1
+`)
+
+// tagMembersScript returns the server's time in µs and the members of a
+// tag's set, at one instant.
+//
+//	KEYS[1] the tag's set
+var tagMembersScript = redis.NewScript(`
+local t = redis.call('TIME')
+return {tonumber(t[1]) * 1000000 + tonumber(t[2]), redis.call('ZRANGE', KEYS[1], 0, -1)}
 `)
 
 // AddTags records keys as members of each of tags, whose sets then live at
@@ -68,50 +87,59 @@ func (s *Store) AddTags(ctx context.Context, keys, tags []string, ttl time.Durat
 	return nil
 }
 
+// TagRead is what TagMembers read of one tag.
+type TagRead struct {
+	Members []string // the keys tagged
+	At      int64    // the server's time of the read, µs: see RemoveTagMembers
+}
+
 // TagMembers returns the keys recorded for each of tags, in their order,
 // in one pipeline bounded by OpTimeout. It fails as a whole: an
 // invalidation must know every key of its tags.
-func (s *Store) TagMembers(ctx context.Context, tags []string) ([][]string, error) {
+func (s *Store) TagMembers(ctx context.Context, tags []string) ([]TagRead, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
-	cmds := make([]*redis.StringSliceCmd, len(tags))
-	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, t := range tags {
-			cmds[i] = p.SMembers(ctx, s.tagKey(t))
-		}
-		return nil
-	})
-	members := make([][]string, len(tags))
-	for i, cmd := range cmds {
-		m, err := cmd.Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return nil, s.unavailable("SMEMBERS pipeline", err)
-		}
-		members[i] = m
+	calls := make([]scriptCall, len(tags))
+	for i, t := range tags {
+		calls[i] = scriptCall{[]string{s.tagKey(t)}, nil}
 	}
-	return members, nil
+	reads := make([]TagRead, len(tags))
+	for i, cmd := range s.evalMany(ctx, tagMembersScript, calls) {
+		v, err := cmd.Slice()
+		if err == nil && len(v) != 2 {
+			err = fmt.Errorf("unexpected reply %v", v)
+		}
+		if err != nil {
+			return nil, s.unavailable("tag-members pipeline", err)
+		}
+		at, _ := v[0].(int64)
+		ms, _ := v[1].([]any)
+		r := TagRead{At: at, Members: make([]string, 0, len(ms))}
+		for _, m := range ms {
+			if str, ok := m.(string); ok {
+				r.Members = append(r.Members, str)
+			}
+		}
+		reads[i] = r
+	}
+	return reads, nil
 }
 
-// RemoveTagMembers removes members[i] from the set of tags[i], once their
-// invalidation was delivered; members added since stay.
-func (s *Store) RemoveTagMembers(ctx context.Context, tags []string, members [][]string) error {
+// RemoveTagMembers removes from the set of tags[i] the members tagged no
+// later than reads[i].At, once the invalidation of reads[i].Members was
+// delivered: a key tagged again since (a load after the invalidation) stays
+// a member.
+func (s *Store) RemoveTagMembers(ctx context.Context, tags []string, reads []TagRead) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, t := range tags {
-			if len(members[i]) == 0 {
-				continue
-			}
-			ms := make([]any, len(members[i]))
-			for j, m := range members[i] {
-				ms[j] = m
-			}
-			p.SRem(ctx, s.tagKey(t), ms...)
+			p.ZRemRangeByScore(ctx, s.tagKey(t), "-inf", strconv.FormatInt(reads[i].At, 10))
 		}
 		return nil
 	})
 	if err != nil {
-		return s.unavailable("SREM pipeline", err)
+		return s.unavailable("ZREMRANGEBYSCORE pipeline", err)
 	}
 	return nil
 }

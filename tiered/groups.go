@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+
+	"github.com/tieredcache/tiered/l2"
 )
 
 // This file invalidates groups of entries: InvalidateTags drops the entries
 // that carry a tag, Clear the whole namespace.
 //
-// Tags are Redis sets of keys (package l2, tags.go): a load records its key
+// Tags are Redis sorted sets of keys (package l2, tags.go): a load records its key
 // in the set of each of its tags before it reads the source (AddTags), and
 // InvalidateTags reads the sets and deletes their keys as Delete does, so
 // every node's L1 drops them through the usual invalidation messages. A
@@ -108,10 +110,10 @@ func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) error {
 	}
 	wctx, cancel := context.WithTimeout(ctx, c.o.WriteTimeout)
 	defer cancel()
-	var members [][]string
+	var reads []l2.TagRead
 	err := errBreakerOpen
 	if c.brk.allow() {
-		members, err = c.l2.TagMembers(wctx, tags)
+		reads, err = c.l2.TagMembers(wctx, tags)
 		c.l2Done("tag members", err)
 	} else {
 		c.stats.breakerSkips.Add(1)
@@ -123,8 +125,8 @@ func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) error {
 	}
 	seen := make(map[string]struct{})
 	var keys []string
-	for _, m := range members {
-		for _, k := range m {
+	for _, r := range reads {
+		for _, k := range r.Members {
 			if _, dup := seen[k]; !dup {
 				seen[k] = struct{}{}
 				keys = append(keys, k)
@@ -138,7 +140,7 @@ func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) error {
 		}
 		keys = keys[n:]
 	}
-	c.l2Done("untag", c.l2.RemoveTagMembers(wctx, tags, members))
+	c.l2Done("untag", c.l2.RemoveTagMembers(wctx, tags, reads))
 	return nil
 }
 
