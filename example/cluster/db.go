@@ -116,7 +116,26 @@ func (c *catalog) setPrice(ctx context.Context, id, price int64) (Product, error
 	return p, nil
 }
 
-func scanProduct(row *sql.Row) (Product, error) {
+// list returns the products with ids first to last, in order.
+func (c *catalog) list(ctx context.Context, first, last int64) ([]Product, error) {
+	rows, err := c.db.QueryContext(ctx,
+		`SELECT id, name, price, version, updated_at FROM products WHERE id BETWEEN ? AND ? ORDER BY id`, first, last)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var ps []Product
+	for rows.Next() {
+		p, err := scanProduct(rows)
+		if err != nil {
+			return nil, err
+		}
+		ps = append(ps, p)
+	}
+	return ps, rows.Err()
+}
+
+func scanProduct(row interface{ Scan(...any) error }) (Product, error) {
 	var p Product
 	var updated int64
 	err := row.Scan(&p.ID, &p.Name, &p.Price, &p.Version, &updated)

@@ -41,6 +41,7 @@ type driver struct {
 	conv        durations      // how long after the ack each probe of an acknowledged write converged
 	convQueued  durations      // the same for writes whose invalidation was queued
 	unconverged atomic.Uint64  // probes that never saw the version they wanted
+	web         httpCounters   // the cached HTTP endpoints (httpprobe.go)
 
 	reads           atomic.Uint64 // GETs answered 200, or 404 for an absent id
 	writes          atomic.Uint64 // PUTs answered 200
@@ -97,6 +98,9 @@ func (d *driver) run(ctx context.Context) (summary, error) {
 	for range d.cfg.Readers {
 		wg.Go(func() { d.reader(loadCtx) })
 	}
+	for range d.cfg.HTTPReaders {
+		wg.Go(func() { d.httpReader(loadCtx) })
+	}
 	wg.Go(func() { d.writer(ctx, loadCtx.Done()) })
 	wg.Go(func() { d.monitor(loadCtx, start, base) })
 	if d.cfg.Chaos {
@@ -114,6 +118,9 @@ func (d *driver) run(ctx context.Context) (summary, error) {
 		return summary{}, err
 	}
 	if err := d.finalCheck(ctx); err != nil {
+		return summary{}, err
+	}
+	if err := d.finalCheckHTTP(ctx); err != nil {
 		return summary{}, err
 	}
 	final := d.snapshot(ctx, "")
@@ -137,6 +144,7 @@ func (d *driver) run(ctx context.Context) (summary, error) {
 	d.out.printf("probe: %d (write, other node) pairs converged: p50 %s, p99 %s, max %s after the ack "+
 		"(%d more after queued writes: max %s); %d never did",
 		n, ms(q[0]), ms(q[1]), ms(q[2]), nq, ms(qq[0]), d.unconverged.Load())
+	d.reportHTTP(final)
 	if !d.cfg.Quiet {
 		d.out.printf("")
 		d.out.printf("load phase totals (%v):", elapsed.Round(time.Millisecond))
@@ -219,13 +227,14 @@ func (d *driver) read(ctx context.Context, n *nodeProc, id int64) Product {
 		return Product{}
 	}
 	d.reads.Add(1)
-	d.check(n, p, start)
+	d.checkVia(n, "", p, start)
 	return p
 }
 
-// check judges a read of p through n that started at start, counts it if
-// it was stale, and reports whether it was.
-func (d *driver) check(n *nodeProc, p Product, start time.Time) bool {
+// checkVia judges a read of p through n that started at start, counts it
+// if it was stale, and reports whether it was. via names the request when
+// it was not a GET /products/{id}.
+func (d *driver) checkVia(n *nodeProc, via string, p Product, start time.Time) bool {
 	done, queued := d.acks.lateness(p.ID, p.Version, start)
 	if done > 0 || queued > 0 {
 		d.mu.Lock()
@@ -250,8 +259,11 @@ func (d *driver) check(n *nodeProc, p Product, start time.Time) bool {
 		if !staleDone {
 			what = fmt.Sprintf("%s after a write of a newer version returned with its invalidation queued", ms(queued))
 		}
-		d.out.printf("STALE: a read through %s started at %s returned version %d of product %d %s",
-			n.name, start.Sub(d.start).Round(time.Millisecond), p.Version, p.ID, what)
+		if via != "" {
+			via = " (" + via + ")"
+		}
+		d.out.printf("STALE: a read through %s%s started at %s returned version %d of product %d %s",
+			n.name, via, start.Sub(d.start).Round(time.Millisecond), p.Version, p.ID, what)
 	}
 	return true
 }
@@ -298,6 +310,7 @@ func (d *driver) write(ctx context.Context, n *nodeProc, id, price int64) {
 	}
 	d.acks.add(id, a.Version, ackAt, a.InvalidationQueued)
 	d.probes.Go(func() { d.probe(ctx, n, a.Product, ackAt, a.InvalidationQueued) })
+	d.probes.Go(func() { d.probeHTTP(ctx, n, a.Product, ackAt, a.InvalidationQueued) })
 }
 
 // probe reads want through every node but the writer, every probeInterval,

@@ -9,15 +9,19 @@
 //	GET /products/{id}   the product, through the cache (404 if absent)
 //	PUT /products/{id}   {"price": cents}: update the row, then invalidate
 //	GET /stats           the node's counters, as JSON
+//	GET /http/...        cached JSON endpoints, public and per identity,
+//	                     through the tiered/httpcache middleware (http.go)
 //
 // on a free loopback port. The parent then sends one burst of concurrent
 // requests for a cold product through every node, Zipf-distributed reads and
 // a trickle of writes for -seconds, prints a table of every node's counters
 // each second, checks that no read starting more than -bound after a write's
 // acknowledgment (-error-bound after a write whose invalidation was queued)
-// returns an older version, and ends with a summary line. It exits non-zero
-// if a read was stale, a request failed, or the cold burst loaded the
-// product more than once. -chaos injects faults in turn: a cut of every
+// returns an older version, through the product API and the cached HTTP
+// endpoints alike, and that no HTTP answer of one identity reaches another,
+// and ends with a summary line. It exits non-zero if a read was stale, an
+// identity got another's answer, a request failed, or the cold burst loaded
+// the product more than once. -chaos injects faults in turn: a cut of every
 // connection, CLIENT PAUSE ALL and WRITE, a silent subscriber, and a kill
 // and restart of the server (see chaos.go).
 //
@@ -74,17 +78,18 @@ func parentMain(args []string) int {
 
 // config is what a run does; the flags set it.
 type config struct {
-	Nodes      int
-	Duration   time.Duration
-	Redis      string // host:port of a real server; "auto": one the run starts; empty: miniredis
-	Chaos      bool
-	Bound      time.Duration // after an acknowledged write
-	ErrorBound time.Duration // after a write answered with its invalidation queued
-	Products   int
-	Readers    int
-	WriteRate  float64 // writes per second
-	Burst      int     // concurrent requests per node in the cold burst
-	Quiet      bool    // no per-second table
+	Nodes       int
+	Duration    time.Duration
+	Redis       string // host:port of a real server; "auto": one the run starts; empty: miniredis
+	Chaos       bool
+	Bound       time.Duration // after an acknowledged write
+	ErrorBound  time.Duration // after a write answered with its invalidation queued
+	Products    int
+	Readers     int
+	HTTPReaders int     // concurrent readers of the cached HTTP endpoints
+	WriteRate   float64 // writes per second
+	Burst       int     // concurrent requests per node in the cold burst
+	Quiet       bool    // no per-second table
 }
 
 // Default durations of the load phase: -chaos runs longer, so that each of
@@ -96,14 +101,15 @@ const (
 
 func defaultConfig() config {
 	return config{
-		Nodes:      3,
-		Duration:   defaultSeconds * time.Second,
-		Bound:      tiered.DefaultMaxStaleness,
-		ErrorBound: tiered.DefaultWriteTimeout,
-		Products:   10000,
-		Readers:    8,
-		WriteRate:  10,
-		Burst:      50,
+		Nodes:       3,
+		Duration:    defaultSeconds * time.Second,
+		Bound:       tiered.DefaultMaxStaleness,
+		ErrorBound:  tiered.DefaultWriteTimeout,
+		Products:    10000,
+		Readers:     8,
+		HTTPReaders: 4,
+		WriteRate:   10,
+		Burst:       50,
 	}
 }
 
@@ -128,6 +134,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.ErrorBound, "error-bound", cfg.ErrorBound, "the same after a write whose invalidation was queued (its Delete returned ErrQueued)")
 	fs.IntVar(&cfg.Products, "products", cfg.Products, "number of products seeded in the database")
 	fs.IntVar(&cfg.Readers, "readers", cfg.Readers, "concurrent readers")
+	fs.IntVar(&cfg.HTTPReaders, "http-readers", cfg.HTTPReaders, "concurrent readers of the cached HTTP endpoints (/http/...)")
 	fs.Float64Var(&cfg.WriteRate, "writes", cfg.WriteRate, "writes per second")
 	fs.IntVar(&cfg.Burst, "burst", cfg.Burst, "concurrent requests per node in the cold-key burst")
 	fs.BoolVar(&cfg.Quiet, "quiet", false, "do not print the per-second table")
@@ -163,8 +170,8 @@ func (c config) validate() error {
 		return errors.New("-bound and -error-bound must be positive")
 	case c.Products < 2:
 		return errors.New("-products must be at least 2")
-	case c.Readers < 1 || c.Burst < 1:
-		return errors.New("-readers and -burst must be positive")
+	case c.Readers < 1 || c.HTTPReaders < 1 || c.Burst < 1:
+		return errors.New("-readers, -http-readers and -burst must be positive")
 	case c.WriteRate <= 0 || c.WriteRate > 1000:
 		return errors.New("-writes must be in (0, 1000]")
 	}

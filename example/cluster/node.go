@@ -134,24 +134,34 @@ func serveNode(ctx context.Context, nc nodeConfig, ready io.Writer) error {
 		return err
 	}
 	defer cache.Close()
+	// The cache of the HTTP endpoints (http.go) shares the bus.
+	webCache, err := newHTTPCache(rdb, bus, nc.Namespace, logger)
+	if err != nil {
+		return err
+	}
+	defer webCache.Close()
 
 	// Until the bus is subscribed and has proved L1 fresh, the cache reads
 	// through; wait for it so that the first requests see the cache as it
 	// normally runs.
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	err = cache.WaitReady(wctx)
+	err = errors.Join(cache.WaitReady(wctx), webCache.WaitReady(wctx))
 	wcancel()
 	if err != nil {
 		return fmt.Errorf("cache not ready: %w", err)
 	}
 
-	n := &node{name: nc.Name, cat: cat, cache: cache, bus: bus}
+	n := &node{name: nc.Name, cat: cat, cache: cache, bus: bus, web: &httpRoutes{cat: cat, cache: webCache}}
 	n.loader = tiered.LoaderFunc[Product](n.load)
+	handler, err := n.routes()
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: n.routes(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	fmt.Fprintf(ready, "listening %s\n", ln.Addr())
@@ -175,6 +185,7 @@ type node struct {
 	cache  *tiered.Cache[Product]
 	bus    *pubsub.Bus
 	loader tiered.Loader[Product]
+	web    *httpRoutes // the cached JSON endpoints
 
 	gets         atomic.Uint64 // GET /products/{id}
 	puts         atomic.Uint64 // PUT /products/{id}
@@ -197,24 +208,28 @@ type nodeStats struct {
 	BusProven    bool         `json:"bus_proven"` // the bus proves L1 fresh now: L1 is served
 	Cache        tiered.Stats `json:"cache"`
 	Bus          pubsub.Stats `json:"bus"`
+	HTTPCache    tiered.Stats `json:"http_cache"`          // the cache of the /http/ endpoints
 	Key          string       `json:"key,omitempty"`       // with ?key=
 	KeyLoads     uint64       `json:"key_loads,omitempty"` // loader calls for Key
 }
 
 // putAnswer is the body of a PUT's 200 answer: the row as committed, and
-// whether its invalidation was queued (the Delete returned ErrQueued)
-// rather than done.
+// whether its invalidation was queued (the Delete, or the InvalidateTags
+// of the HTTP responses, returned ErrQueued) rather than done.
 type putAnswer struct {
 	Product
 	InvalidationQueued bool `json:"invalidation_queued,omitempty"`
 }
 
-func (n *node) routes() http.Handler {
+func (n *node) routes() (http.Handler, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /products/{id}", n.getProduct)
 	mux.HandleFunc("PUT /products/{id}", n.putProduct)
 	mux.HandleFunc("GET /stats", n.stats)
-	return mux
+	if err := n.web.mount(mux); err != nil {
+		return nil, err
+	}
+	return mux, nil
 }
 
 // load is the cache's loader: one read of the database.
@@ -271,8 +286,9 @@ func (n *node) getProduct(w http.ResponseWriter, r *http.Request) {
 
 // putProduct answers PUT /products/{id} with a body {"price": cents}: it
 // updates the row in a transaction, bumping its version, and only after the
-// commit deletes the key from the cache everywhere. It answers 200 with the
-// row as committed once the delete returned: nil, or ErrQueued, which the
+// commit deletes the key from the cache everywhere, and the cached HTTP
+// responses that show the product (tag "product:ID"). It answers 200 with
+// the row as committed once both returned: nil, or ErrQueued, which the
 // answer says (invalidation_queued). Any other error is a 500.
 func (n *node) putProduct(w http.ResponseWriter, r *http.Request) {
 	n.puts.Add(1)
@@ -303,8 +319,10 @@ func (n *node) putProduct(w http.ResponseWriter, r *http.Request) {
 	// as soon as Redis answers, and this node serves the key from neither
 	// tier meanwhile. The write is done either way, so the answer is a 200
 	// that says so. The context is not the client's: a committed change
-	// must be invalidated whoever waits for it.
-	err = n.cache.Delete(context.WithoutCancel(r.Context()), strconv.FormatInt(id, 10))
+	// must be invalidated whoever waits for it. The cached HTTP responses
+	// that show the product go the same way, by their tag.
+	ctx := context.WithoutCancel(r.Context())
+	err = invalidated(n.cache.Delete(ctx, strconv.FormatInt(id, 10)), n.web.invalidate(ctx, id))
 	switch {
 	case errors.Is(err, tiered.ErrQueued):
 		n.queued.Add(1)
@@ -331,6 +349,7 @@ func (n *node) stats(w http.ResponseWriter, r *http.Request) {
 		BusProven:    proven(n.bus),
 		Cache:        n.cache.Stats(),
 		Bus:          n.bus.Stats(),
+		HTTPCache:    n.web.cache.Stats(),
 	}
 	if key := r.URL.Query().Get("key"); key != "" {
 		s.Key = key
@@ -339,6 +358,23 @@ func (n *node) stats(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, s)
+}
+
+// invalidated combines the results of a write's invalidations: the first
+// error that is not tiered.ErrQueued, else one wrapping ErrQueued if any
+// was queued, else nil.
+func invalidated(errs ...error) error {
+	var queued error
+	for _, err := range errs {
+		switch {
+		case err == nil:
+		case errors.Is(err, tiered.ErrQueued):
+			queued = err
+		default:
+			return err
+		}
+	}
+	return queued
 }
 
 func (n *node) fail(w http.ResponseWriter, err error) {

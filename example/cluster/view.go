@@ -107,6 +107,9 @@ type summary struct {
 	L2HitRatio       float64 // Redis hits / GETs served, over all nodes
 	DBLoads          uint64  // loader calls, over all nodes
 	ColdBurstDBLoads uint64  // loader calls for the cold-burst key
+	HTTPReads        uint64  // GETs of the /http/ endpoints answered 200
+	HTTPHitRatio     float64 // of those, the share answered X-Cache: hit
+	PrivateLeaks     uint64  // /http/me/ answers that named another identity
 	StaleReads       uint64  // every stale read, after acknowledged and queued writes
 	StaleAfterError  uint64  // of those, the ones stale only after writes answered with the invalidation queued
 	MaxStaleness     time.Duration
@@ -116,17 +119,17 @@ type summary struct {
 
 func (s summary) String() string {
 	return fmt.Sprintf("summary nodes=%d seconds=%d reads=%d writes=%d l1_hit_ratio=%.3f l2_hit_ratio=%.3f "+
-		"db_loads=%d cold_burst_db_loads=%d stale_reads=%d stale_after_error=%d max_staleness_ms=%.1f "+
-		"queued_invalidations=%d errors=%d",
+		"db_loads=%d cold_burst_db_loads=%d http_reads=%d http_hit_ratio=%.3f private_leaks=%d "+
+		"stale_reads=%d stale_after_error=%d max_staleness_ms=%.1f queued_invalidations=%d errors=%d",
 		s.Nodes, s.Seconds, s.Reads, s.Writes, s.L1HitRatio, s.L2HitRatio,
-		s.DBLoads, s.ColdBurstDBLoads, s.StaleReads, s.StaleAfterError,
+		s.DBLoads, s.ColdBurstDBLoads, s.HTTPReads, s.HTTPHitRatio, s.PrivateLeaks, s.StaleReads, s.StaleAfterError,
 		float64(s.MaxStaleness)/float64(time.Millisecond), s.Queued, s.Errors)
 }
 
-// OK reports whether the run passed: no stale read, no error, and the cold
-// burst loaded its key exactly once.
+// OK reports whether the run passed: no stale read, no private leak, no
+// error, and the cold burst loaded its key exactly once.
 func (s summary) OK() bool {
-	return s.StaleReads == 0 && s.Errors == 0 && s.ColdBurstDBLoads == 1
+	return s.StaleReads == 0 && s.PrivateLeaks == 0 && s.Errors == 0 && s.ColdBurstDBLoads == 1
 }
 
 func (d *driver) summarize(final snapshot, burstLoads uint64) summary {
@@ -152,6 +155,11 @@ func (d *driver) summarize(final snapshot, burstLoads uint64) summary {
 		StaleReads:       d.stale.Load(),
 		StaleAfterError:  d.staleAfterError.Load(),
 		Queued:           d.queued.Load(),
+		HTTPReads:        d.web.total(),
+		PrivateLeaks:     d.web.leaks.Load(),
+	}
+	if s.HTTPReads > 0 {
+		s.HTTPHitRatio = float64(d.web.hits.Load()) / float64(s.HTTPReads)
 	}
 	if gets > 0 {
 		s.L1HitRatio = float64(l1) / float64(gets)
