@@ -147,14 +147,17 @@ func BenchmarkList(b *testing.B) {
 		warm(b, srv, r)
 		s0 := c.Stats()
 		serve(b, srv, func(int) *http.Request { return r }, Hit)
-		// As in tiered's BenchmarkGetL1Hit: a read whose freshness proof
-		// had lapsed (a bus PING late on a busy machine) goes to Redis;
-		// it is counted in unproven/op.
+		// A read whose freshness proof had lapsed (a bus PING late on a
+		// busy machine) goes to Redis, and so does the first read after
+		// the bus reset L1: notl1/op counts them. They are rare; more
+		// than 1% would mean this does not measure L1.
 		s := c.Stats()
-		if n := s.L1Hits + s.L1Unproven - s0.L1Hits - s0.L1Unproven; n < uint64(b.N) {
-			b.Fatalf("%d L1 hits for %d requests: not measuring L1", n, b.N)
+		notL1 := uint64(b.N) - min(s.L1Hits-s0.L1Hits, uint64(b.N))
+		if notL1 > uint64(b.N)/100 {
+			b.Fatalf("%d of %d requests not served from L1 (unproven %d, L2 hits %d, bus resets %d)",
+				notL1, b.N, s.L1Unproven-s0.L1Unproven, s.L2Hits-s0.L2Hits, s.Resets-s0.Resets)
 		}
-		b.ReportMetric(float64(s.L1Unproven-s0.L1Unproven)/float64(b.N), "unproven/op")
+		b.ReportMetric(float64(notL1)/float64(b.N), "notl1/op")
 	})
 	b.Run("serve=l2hit", func(b *testing.B) {
 		c := benchNode(b, addr, tiered.Options{DisableL1: true})
