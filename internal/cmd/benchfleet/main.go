@@ -15,13 +15,16 @@
 //	workload=multiget case=l1cold|l1hit|cold …
 //	workload=hotexpiry fresh=off|on …
 //	workload=dbdown maxstale=off|on …
+//	workload=http nodes=3 … bare_rps=… cached_rps=… rps_ratio=… handler_runs=… runs_per_key_per_ttl=… errors=…
 //
 // multiget (multiget.go) times GetMany of 100 keys against a raw MGET plus
 // decoding of the same keys, side by side; hotexpiry (hotexpiry.go) reads
 // one hot key flat out while it expires, with refresh-ahead off and on;
 // dbdown (dbdown.go) reads while the loader fails and the values expire,
-// with fail-safe off and on. Each file's comment gives its line and
-// figures; each run starts a redis-server and nodes of its own.
+// with fail-safe off and on; http (http.go) serves a JSON list through
+// the httpcache middleware and bare, side by side. Each file's comment
+// gives its line and figures; each run starts a redis-server and nodes of
+// its own.
 //
 // The faults workload (faults.go, which defines its figures) makes one run
 // per reader mode, each on a redis-server and nodes of its own: readers and
@@ -48,12 +51,13 @@
 // the run failed (an error, a node that never saw an invalidation, or a
 // fault run that counted a stale read, a read error or a write error other
 // than ErrQueued, a hotexpiry run with Fresh that made a caller wait or
-// loaded twice in a period, or a dbdown run with MaxStale that returned an
-// error); every line is printed first.
+// loaded twice in a period, a dbdown run with MaxStale that returned an
+// error, or an http run with an error or more than one handler run per key
+// per TTL); every line is printed first.
 //
 // Usage:
 //
-//	go run ./internal/cmd/benchfleet [-workloads stampede,invalidate,faults,multiget,hotexpiry,dbdown] [-nodes 3] [-trials 200] [-keys 20] [-warmup 1] [-setupgc=true] [-v] [-callers 100] [-loader 50ms] [-poll 1ms] [-spin] [-faultdur 20s] [-faultreaders paced,flat] [-pace 100µs] [-silenceresume]
+//	go run ./internal/cmd/benchfleet [-workloads stampede,invalidate,faults,multiget,hotexpiry,dbdown,http] [-nodes 3] [-trials 200] [-keys 20] [-warmup 1] [-setupgc=true] [-v] [-callers 100] [-loader 50ms] [-poll 1ms] [-spin] [-faultdur 20s] [-faultreaders paced,flat] [-pace 100µs] [-silenceresume]
 package main
 
 import (
@@ -102,7 +106,7 @@ type config struct {
 }
 
 // workloadNames are the workloads, in the order they run.
-var workloadNames = []string{"stampede", "invalidate", "faults", "multiget", "hotexpiry", "dbdown"}
+var workloadNames = []string{"stampede", "invalidate", "faults", "multiget", "hotexpiry", "dbdown", "http"}
 
 // readerModes are the fault runs' reader modes.
 var readerModes = []string{"paced", "flat"}
@@ -336,6 +340,7 @@ func run(ctx context.Context, cfg config) error {
 		{"multiget", func() error { return runMultiget(ctx) }},
 		{"hotexpiry", func() error { return runHotExpiry(ctx, cfg) }},
 		{"dbdown", func() error { return runDBDown(ctx, cfg) }},
+		{"http", func() error { return runHTTP(ctx, cfg) }},
 	} {
 		if cfg.workloads[w.name] && ctx.Err() == nil {
 			err = errors.Join(err, w.run())

@@ -1,0 +1,326 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tieredcache/tiered/tiered"
+	"github.com/tieredcache/tiered/tiered/httpcache"
+)
+
+// The http workload: the httpcache middleware in front of a handler that
+// serves a page of httpPageLen products as JSON, against the same handler
+// bare, side by side in one run. -nodes nodes (independent caches on one
+// redis-server, TTL httpTTL, Jitter off), each with an HTTP server
+// (httptest.Server, on loopback) that serves the handler on /bare and
+// through the middleware on /cached. The handler reads its page from an
+// in-memory "database" of httpPages pages, sleeps httpDBCost (the query's
+// round trip) and encodes the page with encoding/json.
+//
+// httpClients goroutines per node, each with keep-alive connections to its
+// node, request uniformly random pages flat out (with Host httpHost on
+// every node, as behind a load balancer) and read and check every body.
+// After an unmeasured warm-up of httpWarmup on /bare (which dials the
+// connections), httpSlices pairs of slices of httpSlice each: every client
+// on /bare, then every client on /cached (which starts with nothing
+// cached), so that the machine's noise falls on both alike. A phase is
+// the slices of one path: httpSlices × httpSlice each. The clients run in
+// the servers' process, on the same cores: a rate is the machine's, with
+// the clients' and net/http's costs in it.
+//
+// Fields of the line, for each phase P (bare, cached):
+//
+//	P_rps                  requests per second, all nodes
+//	P_p50_us, P_p99_us     a request's latency as the client sees it
+//	                       (from a histogram, within 3%)
+//	rps_ratio, p50_ratio   cached/bare and bare/cached (both > 1 when the
+//	                       cache helps)
+//	hits, misses, bypass   the cached phase's X-Cache values
+//	handler_runs           the handler's runs in the cached phase
+//	ttl_periods            ceil(span/TTL), span the time from the start of
+//	                       the first cached slice to the end of the last:
+//	                       the loads one key needs if it is loaded once per
+//	                       fleet per TTL (its loads are at least a TTL apart)
+//	runs_per_key_per_ttl   handler_runs / (pages × ttl_periods): 1 is one
+//	                       run per key per fleet per TTL
+//	errors                 failed requests and wrong bodies, both phases
+//
+// A run fails (non-zero exit status) on an error or when handler_runs
+// exceeds pages × ttl_periods.
+
+const (
+	httpNamespace = "http"
+	httpPages     = 20
+	httpPageLen   = 50
+	httpClients   = 8 // per node
+	httpTTL       = 2 * time.Second
+	httpDBCost    = time.Millisecond
+	httpWarmup    = 500 * time.Millisecond
+	httpSlice     = 500 * time.Millisecond
+	httpSlices    = 10 // per path: 5 s each
+	// httpHost is the Host of every request, as a load balancer in front
+	// of the nodes passes it on: the middleware's default key has the host
+	// in it, so requests to each node's own address would not share
+	// entries.
+	httpHost = "shop.example"
+)
+
+// listItem is one product of the http workload's list: ten fields.
+type listItem struct {
+	ID          int64     `json:"id"`
+	SKU         string    `json:"sku"`
+	Name        string    `json:"name"`
+	Category    string    `json:"category"`
+	Description string    `json:"description"`
+	PriceCents  int64     `json:"price_cents"`
+	Stock       int       `json:"stock"`
+	Rating      float64   `json:"rating"`
+	Tags        []string  `json:"tags"`
+	UpdatedAt   time.Time `json:"updated_at"`
+}
+
+// listDB is the in-memory "database" of the http workload: httpPages pages
+// of httpPageLen products.
+type listDB [][]listItem
+
+func newListDB() listDB {
+	db := make(listDB, httpPages)
+	for p := range db {
+		db[p] = make([]listItem, httpPageLen)
+		for i := range db[p] {
+			id := int64(p*httpPageLen + i)
+			db[p][i] = listItem{
+				ID: id, SKU: fmt.Sprintf("EC-%d", id), Name: fmt.Sprintf("espresso cup %d", id),
+				Category: "kitchen", Description: "a small white porcelain cup, dishwasher safe",
+				PriceCents: 1999 + id, Stock: int(id % 17), Rating: 4.25 + float64(id%4)/10,
+				Tags:      []string{"cup", "porcelain", "gift"},
+				UpdatedAt: time.Date(2025, 11, 24, 10, 0, int(id%60), 0, time.UTC),
+			}
+		}
+	}
+	return db
+}
+
+// handler returns the handler of the workload: the page of ?page=N,
+// after httpDBCost, encoded with encoding/json. It counts its runs.
+func (db listDB) handler(runs *atomic.Int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs.Add(1)
+		p, err := strconv.Atoi(r.URL.Query().Get("page"))
+		if err != nil || p < 0 || p >= len(db) {
+			http.Error(w, "bad page", http.StatusBadRequest)
+			return
+		}
+		time.Sleep(httpDBCost)
+		b, err := json.Marshal(db[p])
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		_, _ = w.Write(b)
+	})
+}
+
+// httpPhaseResult is what one slice or phase measured.
+type httpPhaseResult struct {
+	lat                  hist
+	elapsed              time.Duration
+	errs                 uint64
+	firstErr             error
+	hits, misses, bypass uint64
+	runs                 int64
+}
+
+func (p *httpPhaseResult) merge(o *httpPhaseResult) {
+	p.lat.merge(&o.lat)
+	p.elapsed += o.elapsed
+	p.errs += o.errs
+	if p.firstErr == nil {
+		p.firstErr = o.firstErr
+	}
+	p.hits, p.misses, p.bypass = p.hits+o.hits, p.misses+o.misses, p.bypass+o.bypass
+	p.runs += o.runs
+}
+
+func (p httpPhaseResult) rps() float64 { return float64(p.lat.n) / p.elapsed.Seconds() }
+
+func runHTTP(ctx context.Context, cfg config) error {
+	return withServer("http", func(addr string) error {
+		bare, cached, span, bodyBytes, err := httpRun(ctx, cfg, addr)
+		if err != nil {
+			return fmt.Errorf("http: %w", err)
+		}
+		periods := int(math.Ceil(span.Seconds() / httpTTL.Seconds()))
+		bound := httpPages * periods
+		errs := bare.errs + cached.errs
+		fmt.Printf("workload=http nodes=%d clients=%d pages=%d items=%d body_bytes=%d db_ms=%d ttl_ms=%d slice_ms=%d phase_s=%.1f bare_rps=%.0f bare_p50_us=%.0f bare_p99_us=%.0f cached_rps=%.0f cached_p50_us=%.0f cached_p99_us=%.0f rps_ratio=%.2f p50_ratio=%.2f hits=%d misses=%d bypass=%d handler_runs=%d ttl_periods=%d runs_per_key_per_ttl=%.2f errors=%d\n",
+			cfg.nodes, cfg.nodes*httpClients, httpPages, httpPageLen, bodyBytes, httpDBCost.Milliseconds(), httpTTL.Milliseconds(), httpSlice.Milliseconds(), cached.elapsed.Seconds(),
+			bare.rps(), usf(bare.lat.quantile(0.5)), usf(bare.lat.quantile(0.99)),
+			cached.rps(), usf(cached.lat.quantile(0.5)), usf(cached.lat.quantile(0.99)),
+			cached.rps()/bare.rps(), float64(bare.lat.quantile(0.5))/float64(cached.lat.quantile(0.5)),
+			cached.hits, cached.misses, cached.bypass, cached.runs, periods, float64(cached.runs)/float64(bound), errs)
+		ok := errs == 0 && cached.runs <= int64(bound)
+		fmt.Fprintf(os.Stderr, "benchfleet: http: errors=%d handler_runs=%d (targets 0 and ≤ %d pages × %d TTL periods): %s\n",
+			errs, cached.runs, httpPages, periods, verdict(ok))
+		var failed []error
+		for _, p := range []httpPhaseResult{bare, cached} {
+			if p.firstErr != nil {
+				failed = append(failed, fmt.Errorf("%d errors, first: %w", p.errs, p.firstErr))
+			}
+		}
+		if cached.runs > int64(bound) {
+			failed = append(failed, fmt.Errorf("%d handler runs, more than one per key per TTL (%d)", cached.runs, bound))
+		}
+		if len(failed) > 0 {
+			return fmt.Errorf("http: %w", errors.Join(failed...))
+		}
+		return nil
+	})
+}
+
+// httpRun builds the nodes and servers on addr and runs the warm-up and
+// the slices. It returns the two phases, the span of the cached slices and
+// the size of a page's body.
+func httpRun(ctx context.Context, cfg config, addr string) (bare, cached httpPhaseResult, span time.Duration, bodyBytes int, err error) {
+	nodes, err := newCacheNodes[*httpcache.Response](ctx, addr, cfg.nodes, tiered.Options{
+		Namespace: httpNamespace, TTL: httpTTL, Jitter: -1, Codec: httpcache.Codec{},
+	})
+	defer closeNodes(nodes)
+	if err != nil {
+		return bare, cached, 0, 0, err
+	}
+	runtime.GC() // the garbage of building the nodes
+	db := newListDB()
+	want := make([][]byte, httpPages) // each page's body
+	for p := range want {
+		if want[p], err = json.Marshal(db[p]); err != nil {
+			return bare, cached, 0, 0, err
+		}
+	}
+	var runs atomic.Int64
+	h := db.handler(&runs)
+	urls := make([]string, len(nodes))
+	clients := make([]*http.Client, len(nodes))
+	for i, n := range nodes {
+		m, err := httpcache.New(n.cache, nil)
+		if err != nil {
+			return bare, cached, 0, 0, err
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/bare", h)
+		mux.Handle("/cached", m.Handler(h))
+		srv := httptest.NewServer(mux)
+		defer srv.Close()
+		urls[i] = srv.URL
+		tr := &http.Transport{MaxIdleConnsPerHost: httpClients}
+		defer tr.CloseIdleConnections()
+		clients[i] = &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	}
+	phase := func(path string, d time.Duration) httpPhaseResult {
+		var (
+			res                  httpPhaseResult
+			stop                 atomic.Bool
+			wg                   sync.WaitGroup
+			mu                   sync.Mutex // guards res.errs and res.firstErr
+			hits, misses, bypass atomic.Uint64
+		)
+		nc := len(nodes) * httpClients
+		hists := make([]hist, nc)
+		runs0 := runs.Load()
+		t0 := time.Now()
+		for ci := range nc {
+			ni := ci / httpClients
+			wg.Go(func() {
+				rng := rand.New(rand.NewPCG(uint64(ci), 0x5eed))
+				var buf bytes.Buffer
+				fail := func(err error) {
+					mu.Lock()
+					if res.errs++; res.firstErr == nil {
+						res.firstErr = err
+					}
+					mu.Unlock()
+				}
+				for !stop.Load() && ctx.Err() == nil {
+					p := rng.IntN(httpPages)
+					start := time.Now()
+					req, err := http.NewRequestWithContext(ctx, http.MethodGet, urls[ni]+path+"?page="+strconv.Itoa(p), nil)
+					if err != nil {
+						fail(err)
+						continue
+					}
+					req.Host = httpHost
+					resp, err := clients[ni].Do(req)
+					if err != nil {
+						fail(err)
+						continue
+					}
+					buf.Reset()
+					_, err = buf.ReadFrom(resp.Body)
+					resp.Body.Close()
+					hists[ci].add(time.Since(start))
+					switch {
+					case err != nil:
+						fail(err)
+					case resp.StatusCode != http.StatusOK || !bytes.Equal(buf.Bytes(), want[p]):
+						fail(fmt.Errorf("%s page %d on node %d: status %d, %d bytes (want %d)", path, p, ni, resp.StatusCode, buf.Len(), len(want[p])))
+					}
+					switch resp.Header.Get(httpcache.XCacheHeader) {
+					case httpcache.Hit:
+						hits.Add(1)
+					case httpcache.Miss:
+						misses.Add(1)
+					case httpcache.Bypass:
+						bypass.Add(1)
+					}
+				}
+			})
+		}
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+		}
+		stop.Store(true)
+		res.elapsed = time.Since(t0)
+		wg.Wait()
+		res.runs = runs.Load() - runs0
+		for i := range hists {
+			res.lat.merge(&hists[i])
+		}
+		res.hits, res.misses, res.bypass = hits.Load(), misses.Load(), bypass.Load()
+		return res
+	}
+	phase("/bare", httpWarmup)
+	var first time.Time
+	for range httpSlices {
+		b := phase("/bare", httpSlice)
+		bare.merge(&b)
+		if first.IsZero() {
+			first = time.Now()
+		}
+		c := phase("/cached", httpSlice)
+		cached.merge(&c)
+	}
+	span = time.Since(first)
+	if err := ctx.Err(); err != nil {
+		return bare, cached, 0, 0, err
+	}
+	for i, n := range nodes {
+		fmt.Fprintf(os.Stderr, "benchfleet: http: node %d: %+v\n", i, n.cache.Stats())
+	}
+	return bare, cached, span, len(want[0]), nil
+}
