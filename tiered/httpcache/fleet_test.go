@@ -200,6 +200,26 @@ func TestFleetTags(t *testing.T) {
 		if got := get(0, "/product/42", "bob"); got.body != "/product/42 v2 for bob" || got.xcache() != Hit {
 			t.Fatalf("bob's entry was dropped with ann's: %q %s", got.body, got.xcache())
 		}
+
+		// A tag invalidation that Redis rejects (its set was overwritten
+		// with a string: WRONGTYPE) is still delivered, as a purge of the
+		// namespace, to both nodes.
+		get(1, "/product/7", "bob")
+		raw := redistest.Client(t, b.Addr)
+		if err := raw.Set(context.Background(), "http:tag:{product:7}", "not a set", time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+		version.Store(4)
+		if err := caches[0].InvalidateTags(context.Background(), "product:7"); err != nil {
+			t.Fatalf("a rejected tag invalidation: %v", err)
+		}
+		if caches[0].Stats().Purges != 1 {
+			t.Fatal("the rejected tag invalidation was not delivered as a purge")
+		}
+		eventually(t, func() bool {
+			return get(1, "/product/7", "bob").body == "/product/7 v4 for bob" &&
+				get(0, "/product/7", "ann").body == "/product/7 v4 for ann"
+		})
 	})
 }
 
