@@ -558,7 +558,7 @@ func (b *batch[V]) store(ctx context.Context, idx []int, m map[string]V, r loade
 				releases, releaseWakes = append(releases, it.lease), append(releaseWakes, wake)
 			}
 		}
-		if it.cl.err != nil && !neg && it.stale != nil {
+		if it.cl.err != nil && !neg && it.stale != nil && !errors.Is(it.cl.err, ErrPassThrough) {
 			release()
 			staleIdx = append(staleIdx, i)
 			continue

@@ -65,6 +65,15 @@ var (
 	// is never returned by a read.
 	ErrSoftTimeout = errors.New("tiered: load ran past the soft timeout")
 
+	// ErrPassThrough, returned by a loader (or wrapped in its error), hands
+	// every caller of the flight that error at once, as a message rather
+	// than a failure: it is not counted in Stats.LoadErrors, fail-safe does
+	// not answer it with an expired value, and nothing is cached. A loader
+	// returns it when what it produced must not be shared with the other
+	// callers of the key (an HTTP response with Set-Cookie): each caller
+	// then does its own work. Package httpcache uses it.
+	ErrPassThrough = errors.New("tiered: result not shared")
+
 	// ErrInvalidOptions is wrapped by the errors of New.
 	ErrInvalidOptions = errors.New("tiered: invalid options")
 

@@ -3,6 +3,7 @@ package tiered
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -157,5 +158,31 @@ func TestSoftTimeout(t *testing.T) {
 			p, err := other.Get(ctx, "k")
 			return err == nil && p.Version == 1
 		})
+	})
+}
+
+// TestPassThrough: a loader's ErrPassThrough reaches every caller as is:
+// no expired value in its place, not a load error, nothing cached.
+func TestPassThrough(t *testing.T) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
+		ctx := context.Background()
+		c, rdb := newNode[Product](t, b.Addr, Options{TTL: 200 * time.Millisecond, Jitter: -1, MaxStale: time.Minute})
+		db := newVersionDB()
+		if _, err := c.GetOrLoad(ctx, "k", db); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(250 * time.Millisecond) // expired, kept for fail-safe
+		pass := fmt.Errorf("not for sharing: %w", ErrPassThrough)
+		db.fail(pass)
+		var info ReadInfo
+		if _, err := c.GetOrLoad(WithReadInfo(ctx, &info), "k", db); !errors.Is(err, ErrPassThrough) || len(info.Stale) != 0 {
+			t.Fatalf("GetOrLoad = %v, ReadInfo %+v; want ErrPassThrough and no stale value", err, info)
+		}
+		if s := c.Stats(); s.LoadErrors != 0 || s.StaleServed != 0 {
+			t.Fatalf("LoadErrors %d, StaleServed %d", s.LoadErrors, s.StaleServed)
+		}
+		if raw, _ := rdb.Get(ctx, "test:{k}").Bytes(); raw == nil {
+			t.Fatal("the expired value is gone")
+		}
 	})
 }

@@ -336,7 +336,7 @@ func (c *Cache[V]) fillLoaded(ctx context.Context, t l1.Ticket, e epoch, key str
 	}
 	if r.err != nil && !neg {
 		release()
-		if stale != nil {
+		if stale != nil && !errors.Is(r.err, ErrPassThrough) {
 			return c.serveStale(ctx, t, key, stale, r.err)
 		}
 		return o
@@ -382,7 +382,7 @@ func (c *Cache[V]) loadUnleased(ctx context.Context, t l1.Ticket, key string, lo
 	r := c.callLoader(ctx, key, loader)
 	neg := errors.Is(r.err, ErrNotFound)
 	switch {
-	case r.err != nil && !neg && stale != nil:
+	case r.err != nil && !neg && stale != nil && !errors.Is(r.err, ErrPassThrough):
 		return c.serveStale(ctx, t, key, stale, r.err)
 	case c.l1 == nil || r.untracked:
 	case r.err == nil:

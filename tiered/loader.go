@@ -112,7 +112,7 @@ func (c *Cache[V]) runLoader(ctx context.Context, keys []string, load func(conte
 	if r.err != nil && lctx.Err() != nil && errors.Is(r.err, context.DeadlineExceeded) {
 		r.err = fmt.Errorf("%w after %v: %w", ErrLoadTimeout, c.o.LoadTimeout, r.err)
 	}
-	if r.err != nil && !errors.Is(r.err, ErrNotFound) {
+	if r.err != nil && !errors.Is(r.err, ErrNotFound) && !errors.Is(r.err, ErrPassThrough) {
 		c.stats.loadErrors.Add(1)
 	}
 	return r

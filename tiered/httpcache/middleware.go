@@ -2,7 +2,7 @@ package httpcache
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
@@ -29,7 +29,7 @@ const (
 // errPass is a load whose response may not be shared: the loader returns
 // it so that the cache stores nothing and the waiters of the flight run
 // the handler themselves.
-var errPass = errors.New("httpcache: response not storable")
+var errPass = fmt.Errorf("httpcache: response not storable: %w", tiered.ErrPassThrough)
 
 // A Middleware caches the responses of the handlers it wraps in a
 // [tiered.Cache]. Create one per route (or group of routes with the same
