@@ -38,16 +38,19 @@ func (s *Store) tagKey(tag string) string {
 	return s.ns + ":tag:{" + esc + tag + "}"
 }
 
-// addTagScript adds members to a tag's set, scored with the server's time
-// in µs, and raises the set's TTL to at least ARGV[1] ms (it never
-// shortens it).
+// addTagScript adds members to the sets of tags, scored with the server's
+// time in µs, and raises each set's TTL to at least ARGV[1] ms (it never
+// shortens it). On a Cluster client it runs once per tag (its keys must
+// share a slot); otherwise once for all the tags of a load.
 //
-//	KEYS[1] the tag's set  ARGV[1] TTL in ms  ARGV[2..] members
+//	KEYS    the tags' sets  ARGV[1] TTL in ms  ARGV[2..] members
 var addTagScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now, ARGV[i]) end
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+for _, key in ipairs(KEYS) do
+  for i = 2, #ARGV do redis.call('ZADD', key, now, ARGV[i]) end
+  if redis.call('PTTL', key) < tonumber(ARGV[1]) then redis.call('PEXPIRE', key, ARGV[1]) end
+end
 return 1
 `)
 
@@ -75,9 +78,18 @@ func (s *Store) AddTags(ctx context.Context, keys, tags []string, ttl time.Durat
 	for _, k := range keys {
 		args = append(args, k)
 	}
-	calls := make([]scriptCall, len(tags))
-	for i, t := range tags {
-		calls[i] = scriptCall{[]string{s.tagKey(t)}, args}
+	var calls []scriptCall
+	if s.cluster {
+		calls = make([]scriptCall, len(tags))
+		for i, t := range tags {
+			calls[i] = scriptCall{[]string{s.tagKey(t)}, args}
+		}
+	} else { // one script for every tag: a page of 50 products has 50
+		keys := make([]string, len(tags))
+		for i, t := range tags {
+			keys[i] = s.tagKey(t)
+		}
+		calls = []scriptCall{{keys, args}}
 	}
 	for _, cmd := range s.evalMany(ctx, addTagScript, calls) {
 		if err := cmd.Err(); err != nil {
