@@ -1,7 +1,8 @@
 # tiered: a two-tier (ristretto L1 over Redis) cache for fleets of Go services.
 #
 #   make example        run the example cluster on an embedded Redis (ARGS="-chaos" etc.)
-#   make test           vet, race tests of both modules, fuzz corpus replay and a short fuzz
+#   make test           vet, go mod tidy -diff and race tests of the three modules
+#                       (core, example, otelcache), fuzz corpus replay and a short fuzz
 #                       of each decoder (FUZZTIME executions, not seconds: see fuzz-short)
 #   make bench          micro-benchmarks, -count 6, for benchstat
 #   make bench-fleet    multi-node figures against a redis-server started for the run (ARGS="-v" etc.)
@@ -22,15 +23,19 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.6.1
 
 FUZZ_TARGETS = ./l2:FuzzDecodeEnvelope ./pubsub:FuzzDecode ./tiered/httpcache:FuzzDecodeResponse
 
-.PHONY: all test vet unit example-test fuzz-short fuzz bench bench-fleet example lint cover clean
+# Modules with a go.mod of their own next to the core's; each has a
+# `replace github.com/tieredcache/tiered => ../`.
+SUBMODULES = example otelcache
+
+.PHONY: all test vet unit example-test otelcache-test tidy-check fuzz-short fuzz bench bench-fleet example lint cover clean
 
 all: test
 
-test: vet unit example-test fuzz-short
+test: vet tidy-check unit example-test otelcache-test fuzz-short
 
 vet:
 	$(GO) vet ./...
-	cd example && $(GO) vet ./...
+	@for m in $(SUBMODULES); do echo "vet $$m"; (cd $$m && $(GO) vet ./...) || exit 1; done
 
 # Replays the committed fuzz corpora too (they are ordinary test inputs).
 unit:
@@ -38,6 +43,14 @@ unit:
 
 example-test:
 	cd example && $(GO) test -race -count=1 ./...
+
+otelcache-test:
+	cd otelcache && $(GO) test -race -count=1 ./...
+
+# go mod tidy must change nothing in any module (go 1.23+: -diff).
+tidy-check:
+	$(GO) mod tidy -diff
+	@for m in $(SUBMODULES); do echo "tidy $$m"; (cd $$m && $(GO) mod tidy -diff) || exit 1; done
 
 # The short fuzz is a count of executions (FUZZTIME=20000x, about 3 s per
 # target on a loaded 2-core machine), not a duration: when a duration runs
@@ -71,7 +84,7 @@ example:
 
 lint: vet
 	$(GO) run $(STATICCHECK) ./...
-	cd example && $(GO) run $(STATICCHECK) ./...
+	@for m in $(SUBMODULES); do echo "staticcheck $$m"; (cd $$m && $(GO) run $(STATICCHECK) ./...) || exit 1; done
 
 cover:
 	$(GO) test -coverprofile=coverage.out ./...
