@@ -344,14 +344,14 @@ func (b *batch[V]) hitsOf(ctx context.Context, raws [][]byte, idx []int) {
 	c := b.c
 	for _, i := range idx {
 		it := &b.items[i]
-		o, stale, ok := c.hit(ctx, it.t, it.key, raws[i])
+		o, f, ok := c.hit(ctx, it.t, it.key, raws[i])
 		if !ok {
-			it.stale = stale
+			it.stale = c.staleCandidate(f)
 			continue
 		}
 		it.finish(o)
-		if b.loader != nil && c.o.Fresh > 0 {
-			c.refreshIfDue(ctx, it.key, raws[i], b.one())
+		if b.loader != nil && f.env.RefreshDue(time.Now()) { // b.one allocates: only when due
+			c.refreshIfDue(ctx, it.key, f.env, b.one())
 		}
 	}
 }

@@ -292,19 +292,29 @@ func TestGetManyCached(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		// The Sets' invalidations reach c on their own time; one arriving
+		// after c's read would drop what the read put in L1.
+		waitFor(t, 5*time.Second, "the Sets' invalidations to reach c", func() bool { return c.Stats().Invalidations >= 4 })
 		got, err := c.GetManyCached(ctx, keysN(0, 8))
 		if err != nil || len(got) != 4 || got["k3"].ID != 3 {
 			t.Fatalf("GetManyCached = %v, %v", got, err)
 		}
+		for _, k := range keysN(0, 4) {
+			if _, ok := inL1(c)(k); !ok {
+				t.Fatalf("%s not in L1 after GetManyCached", k)
+			}
+		}
 		b.Stop()
+		// The bus loses its subscription, which drops L1 (a gap may hide
+		// invalidations); then every key is unreadable, each reported.
+		waitFor(t, 5*time.Second, "the bus to notice", func() bool { return !c.Bus().Healthy() })
 		got, err = c.GetManyCached(ctx, keysN(0, 8))
 		var be *BatchError
 		if !errors.As(err, &be) || !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("Redis down: %v", err)
 		}
-		// What L1 holds is still served.
-		if len(got)+len(be.Errs) != 8 {
-			t.Fatalf("%d values and %d errors for 8 keys", len(got), len(be.Errs))
+		if len(got) != 0 || len(be.Errs) != 8 {
+			t.Fatalf("%d values (%v) and %d errors for 8 keys, with L1 dropped and Redis down", len(got), got, len(be.Errs))
 		}
 	})
 }

@@ -48,9 +48,9 @@ func noteStale(ctx context.Context, key string, cause error) {
 }
 
 // staleCandidate returns f if fail-safe may serve it: MaxStale is on and f
-// is a value, not a "not found".
+// is a value, not a "not found" nor the zero found of a corrupt read.
 func (c *Cache[V]) staleCandidate(f found[V]) *found[V] {
-	if c.o.MaxStale <= 0 || f.env.Negative {
+	if c.o.MaxStale <= 0 || f.e == nil || f.env.Negative {
 		return nil
 	}
 	return &f

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"time"
 
 	"github.com/tieredcache/tiered/internal/mono"
@@ -170,24 +169,25 @@ func (c *Cache[V]) decode(ctx context.Context, key string, raw []byte) (f found[
 }
 
 // hit decodes raw, read from Redis for key, and, if it has not expired,
-// fills L1 and returns it (ok). An expired value is a miss, returned as
-// stale if fail-safe may serve it; a corrupt one is a miss too (see decode).
-func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte) (o outcome[V], stale *found[V], ok bool) {
-	f, ok := c.decode(ctx, key, raw)
-	if !ok {
-		return o, nil, false
+// fills L1 and returns it (ok). It also returns what it decoded: with ok,
+// f.env tells whether the value is due for a refresh (refreshIfDue); without,
+// f is the expired value (a fail-safe candidate: staleCandidate), or the
+// zero found if raw was corrupt (see decode).
+func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte) (o outcome[V], f found[V], ok bool) {
+	if f, ok = c.decode(ctx, key, raw); !ok {
+		return o, f, false
 	}
 	if f.env.Expired(time.Now()) {
-		return o, c.staleCandidate(f), false
+		return o, f, false
 	}
 	c.stats.l2Hits.Add(1)
 	f.e.meta = metaOf(f.env)
 	c.fillEntry(t, key, f.e, len(raw), time.Until(f.env.Expiry))
 	if f.env.Negative {
 		c.stats.negativeHits.Add(1)
-		return outcome[V]{err: ErrNotFound}, nil, true
+		return outcome[V]{err: ErrNotFound}, f, true
 	}
-	return outcome[V]{v: f.e.v}, nil, true
+	return outcome[V]{v: f.e.v}, f, true
 }
 
 // load is the flight of GetOrLoad: L1 again, Redis, then the lease and the
@@ -205,12 +205,12 @@ func (c *Cache[V]) load(ctx context.Context, key string, loader Loader[V]) outco
 		r := c.callLoader(ctx, key, loader)
 		return outcome[V]{v: r.v, err: r.err}
 	case err == nil:
-		var o outcome[V]
-		var ok bool
-		if o, stale, ok = c.hit(ctx, t, key, raw); ok {
-			c.refreshIfDue(ctx, key, raw, loader)
+		o, f, ok := c.hit(ctx, t, key, raw)
+		if ok {
+			c.refreshIfDue(ctx, key, f.env, loader)
 			return o
 		}
+		stale = c.staleCandidate(f)
 	case !errors.Is(err, l2.ErrMiss):
 		return c.loadUnleased(ctx, t, key, loader, nil)
 	}
@@ -391,7 +391,7 @@ func (c *Cache[V]) loadUnleased(ctx context.Context, t l1.Ticket, key string, lo
 		}
 	case neg && c.o.NegativeTTL > 0:
 		var zero V
-		c.fill(t, key, zero, meta{neg: true, refresh: math.MaxInt64}, l2.HeaderSize, c.negativeTTL(r.ttl))
+		c.fill(t, key, zero, metaOf(l2.Envelope{Negative: true}), l2.HeaderSize, c.negativeTTL(r.ttl))
 	}
 	return outcome[V]{v: r.v, err: r.err}
 }

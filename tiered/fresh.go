@@ -92,13 +92,10 @@ func (c *Cache[V]) l1Special(ctx context.Context, key string, e *entry[V], now i
 	}
 }
 
-// refreshIfDue is refreshDue for a value just read from Redis as raw.
-func (c *Cache[V]) refreshIfDue(ctx context.Context, key string, raw []byte, loader Loader[V]) {
-	if c.o.Fresh <= 0 {
-		return
-	}
-	env, err := l2.DecodeEnvelope(raw)
-	if err != nil || env.Negative || !env.RefreshDue(time.Now()) {
+// refreshIfDue starts a refresh of key if env, the envelope of a value
+// just read from Redis (and decoded by hit), is past its refresh point.
+func (c *Cache[V]) refreshIfDue(ctx context.Context, key string, env l2.Envelope, loader Loader[V]) {
+	if c.o.Fresh <= 0 || env.Negative || !env.RefreshDue(time.Now()) {
 		return
 	}
 	c.refreshAhead(ctx, key, env.Expiry, loader)

@@ -40,17 +40,21 @@ type Scoped[V any] struct {
 // caches one user's data for everyone. Under a Scoped key the identity is
 // part of the key, so each identity has its own flight and its own entry.
 func (c *Cache[V]) Scope(identity string) Scoped[V] {
-	sum := sha256.Sum256([]byte(identity))
-	h := hex.EncodeToString(sum[:16])
-	return Scoped[V]{c: c, prefix: scopeMark + h + scopeMark, tag: scopeMark + "scope:" + h}
+	h := scopeHash(identity)
+	return Scoped[V]{c: c, prefix: scopeMark + h + scopeMark, tag: scopeTag(h)}
 }
 
 // ScopeTag returns the tag every entry of Scope(identity) carries:
 // InvalidateTags(ctx, ScopeTag(id)) is Scope(id).Clear(ctx).
-func ScopeTag(identity string) string {
+func ScopeTag(identity string) string { return scopeTag(scopeHash(identity)) }
+
+// scopeHash is what stands for an identity in keys and tags.
+func scopeHash(identity string) string {
 	sum := sha256.Sum256([]byte(identity))
-	return scopeMark + "scope:" + hex.EncodeToString(sum[:16])
+	return hex.EncodeToString(sum[:16])
 }
+
+func scopeTag(hash string) string { return scopeMark + "scope:" + hash }
 
 // Key returns the key under which c stores key for this identity.
 func (s Scoped[V]) Key(key string) string { return s.prefix + key }
@@ -84,44 +88,30 @@ func (s Scoped[V]) Get(ctx context.Context, key string) (V, error) {
 // GetMany is Cache.GetMany of this identity's keys; loader and the result
 // see the keys as given here.
 func (s Scoped[V]) GetMany(ctx context.Context, keys []string, loader BulkLoader[V]) (map[string]V, error) {
-	stored := make([]string, len(keys))
-	for i, k := range keys {
-		stored[i] = s.Key(k)
-	}
-	var bl BulkLoader[V]
-	if loader != nil {
-		bl = BulkLoaderFunc[V](func(ctx context.Context, ks []string) (map[string]V, error) {
-			if err := AddTags(ctx, s.tag); err != nil {
-				return nil, err
-			}
-			plain := make([]string, len(ks))
-			for i, k := range ks {
-				plain[i] = k[len(s.prefix):]
-			}
-			m, err := loader.BulkLoad(ctx, plain)
-			if err != nil || m == nil {
-				return nil, err
-			}
-			out := make(map[string]V, len(m))
-			for k, v := range m {
-				out[s.Key(k)] = v
-			}
-			return out, nil
-		})
-	} else {
+	if loader == nil {
 		return nil, errNilBulkLoader
 	}
-	res, err := s.c.many(ctx, stored, bl, false)
+	scoped := BulkLoaderFunc[V](func(ctx context.Context, ks []string) (map[string]V, error) {
+		if err := AddTags(ctx, s.tag); err != nil {
+			return nil, err
+		}
+		m, err := loader.BulkLoad(ctx, s.unscopeKeys(ks))
+		if err != nil || m == nil {
+			return nil, err
+		}
+		out := make(map[string]V, len(m))
+		for k, v := range m {
+			out[s.Key(k)] = v
+		}
+		return out, nil
+	})
+	res, err := s.c.many(ctx, s.keys(keys), scoped, false)
 	return s.unscope(res), s.unscopeErr(err)
 }
 
 // GetManyCached is Cache.GetManyCached of this identity's keys.
 func (s Scoped[V]) GetManyCached(ctx context.Context, keys []string) (map[string]V, error) {
-	stored := make([]string, len(keys))
-	for i, k := range keys {
-		stored[i] = s.Key(k)
-	}
-	res, err := s.c.many(ctx, stored, nil, false)
+	res, err := s.c.many(ctx, s.keys(keys), nil, false)
 	return s.unscope(res), s.unscopeErr(err)
 }
 
@@ -156,17 +146,31 @@ func (s Scoped[V]) set(ctx context.Context, key string, v V, ttl time.Duration) 
 
 // Delete is Cache.Delete of this identity's keys.
 func (s Scoped[V]) Delete(ctx context.Context, keys ...string) error {
-	stored := make([]string, len(keys))
-	for i, k := range keys {
-		stored[i] = s.Key(k)
-	}
-	return s.c.delete(ctx, stored...)
+	return s.c.delete(ctx, s.keys(keys)...)
 }
 
 // Clear drops every entry of this identity, from Redis and from every
 // node's L1: InvalidateTags of the scope's tag.
 func (s Scoped[V]) Clear(ctx context.Context) error {
 	return s.c.InvalidateTags(ctx, s.tag)
+}
+
+// keys returns the stored keys of keys.
+func (s Scoped[V]) keys(keys []string) []string {
+	stored := make([]string, len(keys))
+	for i, k := range keys {
+		stored[i] = s.Key(k)
+	}
+	return stored
+}
+
+// unscopeKeys returns the keys given to the view for stored keys.
+func (s Scoped[V]) unscopeKeys(stored []string) []string {
+	keys := make([]string, len(stored))
+	for i, k := range stored {
+		keys[i] = k[len(s.prefix):]
+	}
+	return keys
 }
 
 func (s Scoped[V]) unscope(m map[string]V) map[string]V {

@@ -77,6 +77,16 @@ func newCacheNodes[V any](ctx context.Context, addr string, count int, opts tier
 	return nodes, nil
 }
 
+// statsOf returns each node's cache Stats now: the baseline a workload
+// subtracts from its final figures.
+func statsOf[V any](nodes []*cacheNode[V]) []tiered.Stats {
+	s := make([]tiered.Stats, len(nodes))
+	for i, n := range nodes {
+		s[i] = n.cache.Stats()
+	}
+	return s
+}
+
 func closeNodes[V any](nodes []*cacheNode[V]) {
 	for _, n := range nodes {
 		n.close()

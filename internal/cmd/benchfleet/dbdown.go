@@ -130,10 +130,7 @@ func dbDown(ctx context.Context, cfg config, addr string, maxStale time.Duration
 			return res, fmt.Errorf("node %d: loading: %w", i, err)
 		}
 	}
-	before := make([]tiered.Stats, len(nodes))
-	for i, n := range nodes {
-		before[i] = n.cache.Stats()
-	}
+	before := statsOf(nodes)
 	runtime.GC()
 
 	var (

@@ -164,10 +164,7 @@ func hotExpiry(ctx context.Context, cfg config, addr string, fresh time.Duration
 			return res, fmt.Errorf("node %d: first read: %w", i, err)
 		}
 	}
-	before := make([]tiered.Stats, len(nodes))
-	for i, n := range nodes {
-		before[i] = n.cache.Stats()
-	}
+	before := statsOf(nodes)
 	runtime.GC()
 
 	var (
