@@ -210,10 +210,8 @@ func (s *Store) FillMany(ctx context.Context, fills []Fill) ([]bool, error) {
 	calls := make([]scriptCall, len(fills))
 	for i, f := range fills {
 		k := f.Lease.Key
-		calls[i] = scriptCall{
-			[]string{s.Key(k), s.leaseKey(k), s.waitersKey(k)},
-			f.Wake.scriptArgs(f.Lease.Token, f.Value, ms(f.TTL)),
-		}
+		keys := []string{s.Key(k), s.leaseKey(k), s.waitersKey(k)}
+		calls[i] = scriptCall{keys, f.Wake.scriptArgs(keys[0], f.Lease.Token, f.Value, ms(f.TTL))}
 	}
 	cmds := s.evalMany(ctx, fillScript, calls)
 	filled := make([]bool, len(fills))
@@ -245,7 +243,8 @@ func (s *Store) ReleaseMany(ctx context.Context, leases []Lease, wakes []Announc
 		if wakes != nil {
 			wake = wakes[i]
 		}
-		calls[i] = scriptCall{[]string{s.leaseKey(l.Key), s.waitersKey(l.Key)}, wake.scriptArgs(l.Token)}
+		keys := []string{s.leaseKey(l.Key), s.waitersKey(l.Key)}
+		calls[i] = scriptCall{keys, wake.scriptArgs(keys[0], l.Token)}
 	}
 	errs := make([]error, len(leases))
 	for i, cmd := range s.evalMany(ctx, releaseScript, calls) {

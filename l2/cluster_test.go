@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tieredcache/tiered/internal/hashslot"
 	"github.com/tieredcache/tiered/internal/redistest"
 )
 
@@ -37,8 +38,8 @@ func TestCluster(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got := slot(rk); got != int(want) {
-					t.Errorf("slot(%q) = %d, CLUSTER KEYSLOT = %d", rk, got, want)
+				if got := hashslot.Of(rk); got != int(want) {
+					t.Errorf("hashslot.Of(%q) = %d, CLUSTER KEYSLOT = %d", rk, got, want)
 				}
 			}
 		}
@@ -70,6 +71,10 @@ func TestCluster(t *testing.T) {
 
 	t.Run("MultiKeyDelete", func(t *testing.T) {
 		clusterMultiKeyDelete(t, rdb)
+	})
+
+	t.Run("Sharded", func(t *testing.T) {
+		clusterSharded(t, rdb)
 	})
 
 	t.Run("Batch", func(t *testing.T) {
@@ -169,7 +174,7 @@ func clusterMultiKeyDelete(t *testing.T, rdb *redis.ClusterClient) {
 		if _, err := s.GetOrLease(ctx, k+"/leased", time.Minute, time.Now()); err != nil {
 			t.Fatalf("GetOrLease(%q): %v", k+"/leased", err)
 		}
-		slots[slot(s.Key(k))] = true
+		slots[hashslot.Of(s.Key(k))] = true
 	}
 	if len(slots) < 2 {
 		t.Fatalf("the keys fall in %d slot(s); the test needs several", len(slots))

@@ -3,76 +3,9 @@ package l2
 import (
 	"strings"
 	"testing"
+
+	"github.com/tieredcache/tiered/internal/hashslot"
 )
-
-// hashTag returns the part of a Redis key that Redis Cluster hashes, as the
-// cluster spec defines it (HASH_SLOT, "Hash tags"): the bytes between the
-// first '{' and the first '}' after it, when there is at least one byte
-// between them; otherwise the whole key. tagged reports which.
-func hashTag(key string) (tag string, tagged bool) {
-	if i := strings.IndexByte(key, '{'); i >= 0 {
-		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
-			return key[i+1 : i+1+j], true
-		}
-	}
-	return key, false
-}
-
-// slot is Redis Cluster's HASH_SLOT: CRC16 of the hash tag, mod 16384.
-// go-redis has one, but not in its public API.
-func slot(key string) int {
-	tag, _ := hashTag(key)
-	return int(crc16(tag)) & 16383
-}
-
-// crc16 is the CRC the cluster spec names: CRC-16/XMODEM (polynomial
-// 0x1021, initial value 0, no reflection, no final xor).
-func crc16(s string) uint16 {
-	var crc uint16
-	for i := 0; i < len(s); i++ {
-		crc ^= uint16(s[i]) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return crc
-}
-
-func TestSlotFunction(t *testing.T) {
-	t.Parallel()
-	// The check value from the cluster spec's reference implementation.
-	if got := crc16("123456789"); got != 0x31C3 {
-		t.Fatalf("crc16(123456789) = %#x, want 0x31c3", got)
-	}
-	// Answers of CLUSTER KEYSLOT on redis-server 7.0 (TestClusterSlotFunction
-	// checks the tricky keys against a live cluster).
-	for key, want := range map[string]int{
-		"somekey":       11058,
-		"foo{hash_tag}": 2515,
-	} {
-		if got := slot(key); got != want {
-			t.Errorf("slot(%q) = %d, want %d", key, got, want)
-		}
-	}
-	for _, tc := range []struct {
-		key, tag string
-		tagged   bool
-	}{
-		{"a{b}c", "b", true},
-		{"a{b}{c}", "b", true},
-		{"a{}b}", "a{}b}", false}, // empty tag: the whole key
-		{"a}{b", "a}{b", false},   // no '}' after the '{'
-		{"{{b}", "{b", true},
-	} {
-		if tag, tagged := hashTag(tc.key); tag != tc.tag || tagged != tc.tagged {
-			t.Errorf("hashTag(%q) = %q, %v; want %q, %v", tc.key, tag, tagged, tc.tag, tc.tagged)
-		}
-	}
-}
 
 // trickyKeys are user keys whose braces, escape bytes or emptiness could
 // break the hash tag of a naive layout.
@@ -118,15 +51,15 @@ func TestKeyEscaping(t *testing.T) {
 func checkSameSlot(t *testing.T, s *Store, k string) {
 	t.Helper()
 	keys := []string{s.Key(k), s.leaseKey(k), s.waitersKey(k)}
-	tag, tagged := hashTag(keys[0])
+	tag, tagged := hashslot.HashTag(keys[0])
 	if !tagged {
 		t.Errorf("key %q: %q has no hash tag (empty or missing), so Redis hashes the whole key", k, keys[0])
 		return
 	}
 	for _, rk := range keys[1:] {
-		if tg, _ := hashTag(rk); tg != tag || slot(rk) != slot(keys[0]) {
+		if tg, _ := hashslot.HashTag(rk); tg != tag || hashslot.Of(rk) != hashslot.Of(keys[0]) {
 			t.Errorf("key %q: %q (tag %q, slot %d) and %q (tag %q, slot %d) are not in one slot",
-				k, keys[0], tag, slot(keys[0]), rk, tg, slot(rk))
+				k, keys[0], tag, hashslot.Of(keys[0]), rk, tg, hashslot.Of(rk))
 		}
 	}
 }
@@ -147,8 +80,8 @@ func TestKeySlotsOldLayout(t *testing.T) {
 	t.Parallel()
 	for _, k := range []string{"}x", "}", ""} {
 		old := "ns:{" + k + "}"
-		if slot(old) == slot(old+":lease") {
-			t.Errorf("old layout of %q: %q and its lease share slot %d; the test cannot see the bug", k, old, slot(old))
+		if hashslot.Of(old) == hashslot.Of(old+":lease") {
+			t.Errorf("old layout of %q: %q and its lease share slot %d; the test cannot see the bug", k, old, hashslot.Of(old))
 		}
 	}
 }

@@ -174,8 +174,8 @@ func (s *Store) RefreshLease(ctx context.Context, k string, seen time.Time, ttl 
 func (s *Store) MarkUncacheable(ctx context.Context, l Lease, ttl time.Duration, wake Announce) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
-	args := wake.scriptArgs(l.Token, ms(ttl))
-	err := markUncacheableScript.Run(ctx, s.rdb, []string{s.leaseKey(l.Key), s.waitersKey(l.Key)}, args...).Err()
+	keys := []string{s.leaseKey(l.Key), s.waitersKey(l.Key)}
+	err := markUncacheableScript.Run(ctx, s.rdb, keys, wake.scriptArgs(keys[0], l.Token, ms(ttl))...).Err()
 	if err != nil {
 		return s.unavailable("mark-uncacheable script", err)
 	}
@@ -188,9 +188,8 @@ func (s *Store) MarkUncacheable(ctx context.Context, l Lease, ttl time.Duration,
 func (s *Store) Fill(ctx context.Context, l Lease, value []byte, ttl time.Duration, wake Announce) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
-	args := wake.scriptArgs(l.Token, value, ms(ttl))
-	n, err := fillScript.Run(ctx, s.rdb,
-		[]string{s.Key(l.Key), s.leaseKey(l.Key), s.waitersKey(l.Key)}, args...).Int()
+	keys := []string{s.Key(l.Key), s.leaseKey(l.Key), s.waitersKey(l.Key)}
+	n, err := fillScript.Run(ctx, s.rdb, keys, wake.scriptArgs(keys[0], l.Token, value, ms(ttl))...).Int()
 	if err != nil {
 		return false, s.unavailable("fill script", err)
 	}
@@ -202,8 +201,8 @@ func (s *Store) Fill(ctx context.Context, l Lease, value []byte, ttl time.Durati
 func (s *Store) Release(ctx context.Context, l Lease, wake Announce) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
-	args := wake.scriptArgs(l.Token)
-	err := releaseScript.Run(ctx, s.rdb, []string{s.leaseKey(l.Key), s.waitersKey(l.Key)}, args...).Err()
+	keys := []string{s.leaseKey(l.Key), s.waitersKey(l.Key)}
+	err := releaseScript.Run(ctx, s.rdb, keys, wake.scriptArgs(keys[0], l.Token)...).Err()
 	if err != nil {
 		return s.unavailable("release script", err)
 	}

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/hashslot"
 )
 
 // This file holds what the cache needs when Redis misbehaves rather than
@@ -99,15 +101,13 @@ func (s *Store) Purge(ctx context.Context, ann Announce) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
-	for _, m := range ann.Messages {
-		if err := s.rdb.Publish(cctx, ann.Channel, m).Err(); err != nil {
-			return s.unavailable("PUBLISH", err)
-		}
-	}
-	return nil
+	return s.publish(cctx, ann, s.runMarkerKey())
 }
 
-// unlinkAll deletes the keys that match pattern on every master.
+// unlinkAll deletes the keys that match pattern on every master. On a
+// Cluster, where even one node rejects a command whose keys span slots, the
+// keys a SCAN returns are unlinked one UNLINK per slot, in a pipeline of
+// the Cluster client (which follows a slot that has just moved).
 func (s *Store) unlinkAll(ctx context.Context, pattern string) error {
 	scan := func(ctx context.Context, c redis.Cmdable) error {
 		var cursor uint64
@@ -115,7 +115,7 @@ func (s *Store) unlinkAll(ctx context.Context, pattern string) error {
 			cctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 			keys, next, err := c.Scan(cctx, cursor, pattern, 1000).Result()
 			if err == nil && len(keys) > 0 {
-				err = c.Unlink(cctx, keys...).Err()
+				err = s.unlink(cctx, keys)
 			}
 			cancel()
 			if err != nil {
@@ -130,6 +130,25 @@ func (s *Store) unlinkAll(ctx context.Context, pattern string) error {
 		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
 	}
 	return scan(ctx, s.rdb)
+}
+
+// unlink deletes keys, one UNLINK per slot on a Cluster.
+func (s *Store) unlink(ctx context.Context, keys []string) error {
+	if !s.cluster {
+		return s.rdb.Unlink(ctx, keys...).Err()
+	}
+	bySlot := make(map[int][]string)
+	for _, k := range keys {
+		slot := hashslot.Of(k)
+		bySlot[slot] = append(bySlot[slot], k)
+	}
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, ks := range bySlot {
+			p.Unlink(ctx, ks...)
+		}
+		return nil
+	})
+	return err
 }
 
 // globEscape escapes the SCAN MATCH metacharacters of s.

@@ -3,30 +3,31 @@ package l2
 import "github.com/redis/go-redis/v9"
 
 // Every script touches only keys that share the hash tag {<key>}, so each runs
-// on one Redis Cluster slot. Announcements are PUBLISHed by the same script
+// on one Redis Cluster slot. Announcements are published by the same script
 // that changes the data, after the change: the change and its announcement
-// cannot part.
+// cannot part. The script is handed the command (PUBLISH, or SPUBLISH for a
+// sharded bus: see [Announce]) and the channel, so one script serves both.
 
 // setScript writes a value, deletes its lease (so that a load racing this
 // write is discarded, and an uncacheable marker is cleared: the value that
 // could not be cached has just been replaced), and announces the write.
 //
 //	KEYS[1] value  KEYS[2] lease
-//	ARGV[1] value  ARGV[2] TTL in ms  ARGV[3] channel  ARGV[4..] messages
+//	ARGV[1] value  ARGV[2] TTL in ms  ARGV[3] PUBLISH or SPUBLISH  ARGV[4] channel  ARGV[5..] messages
 var setScript = redis.NewScript(`
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
-for i = 4, #ARGV do redis.call('PUBLISH', ARGV[3], ARGV[i]) end
+for i = 5, #ARGV do redis.call(ARGV[3], ARGV[4], ARGV[i]) end
 return 1
 `)
 
 // deleteScript deletes values and their leases, then announces it.
 //
 //	KEYS    value and lease keys
-//	ARGV[1] channel  ARGV[2..] messages
+//	ARGV[1] PUBLISH or SPUBLISH  ARGV[2] channel  ARGV[3..] messages
 var deleteScript = redis.NewScript(`
 for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end
-for i = 2, #ARGV do redis.call('PUBLISH', ARGV[1], ARGV[i]) end
+for i = 3, #ARGV do redis.call(ARGV[1], ARGV[2], ARGV[i]) end
 return 1
 `)
 
@@ -117,14 +118,14 @@ return {3, redis.call('PTTL', KEYS[2])}
 // wakes waiters, who then find the marker.
 //
 //	KEYS[1] lease  KEYS[2] waiters
-//	ARGV[1] token  ARGV[2] marker TTL in ms  ARGV[3] channel  ARGV[4..] messages
+//	ARGV[1] token  ARGV[2] marker TTL in ms  ARGV[3] PUBLISH or SPUBLISH  ARGV[4] channel  ARGV[5..] messages
 //
 // Returns 1 when marked, 0 when the lease was lost.
 var markUncacheableScript = redis.NewScript(`
 if ARGV[1] == '!' or redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], '!', 'PX', ARGV[2])
 if redis.call('DEL', KEYS[2]) == 1 then
-  for i = 4, #ARGV do redis.call('PUBLISH', ARGV[3], ARGV[i]) end
+  for i = 5, #ARGV do redis.call(ARGV[3], ARGV[4], ARGV[i]) end
 end
 return 1
 `)
@@ -135,7 +136,7 @@ return 1
 // the uncacheable marker (forged: real tokens never are) holds nothing.
 //
 //	KEYS[1] value  KEYS[2] lease  KEYS[3] waiters
-//	ARGV[1] token  ARGV[2] value  ARGV[3] TTL in ms  ARGV[4] channel  ARGV[5..] messages
+//	ARGV[1] token  ARGV[2] value  ARGV[3] TTL in ms  ARGV[4] PUBLISH or SPUBLISH  ARGV[5] channel  ARGV[6..] messages
 //
 // Returns 1 when written, 0 when the lease was lost (the fill is discarded).
 var fillScript = redis.NewScript(`
@@ -143,7 +144,7 @@ if ARGV[1] == '!' or redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
 if redis.call('DEL', KEYS[3]) == 1 then
-  for i = 5, #ARGV do redis.call('PUBLISH', ARGV[4], ARGV[i]) end
+  for i = 6, #ARGV do redis.call(ARGV[4], ARGV[5], ARGV[i]) end
 end
 return 1
 `)
@@ -152,12 +153,12 @@ return 1
 // plain DEL; never the uncacheable marker) and wakes waiters.
 //
 //	KEYS[1] lease  KEYS[2] waiters
-//	ARGV[1] token  ARGV[2] channel  ARGV[3..] messages
+//	ARGV[1] token  ARGV[2] PUBLISH or SPUBLISH  ARGV[3] channel  ARGV[4..] messages
 var releaseScript = redis.NewScript(`
 if ARGV[1] == '!' or redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 if redis.call('DEL', KEYS[2]) == 1 then
-  for i = 3, #ARGV do redis.call('PUBLISH', ARGV[2], ARGV[i]) end
+  for i = 4, #ARGV do redis.call(ARGV[2], ARGV[3], ARGV[i]) end
 end
 return 1
 `)

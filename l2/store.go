@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/hashslot"
 )
 
 // DefaultOpTimeout bounds each Redis call when [Options.OpTimeout] is zero.
@@ -44,17 +46,45 @@ type Options struct {
 type Announce struct {
 	Channel  string
 	Messages [][]byte
+	// Sharded publishes with SPUBLISH on the channel of the written key's
+	// hash slot, hashslot.Channel(Channel, slot), instead of with PUBLISH
+	// on Channel: the sharded bus of a Cluster (package pubsub), where a
+	// script may only publish in the slot of its keys.
+	Sharded bool
 }
 
-// scriptArgs returns a script's ARGV: head, then a's channel and messages,
-// which every announcing script takes last.
-func (a Announce) scriptArgs(head ...any) []any {
-	args := make([]any, 0, len(head)+1+len(a.Messages))
-	args = append(append(args, head...), a.Channel)
+// route returns the command and the channel that announce a change of the
+// Redis key rk.
+func (a Announce) route(rk string) (cmd, channel string) {
+	if !a.Sharded || len(a.Messages) == 0 {
+		return "PUBLISH", a.Channel
+	}
+	return "SPUBLISH", hashslot.Channel(a.Channel, hashslot.Of(rk))
+}
+
+// scriptArgs returns the ARGV of a script that changes the Redis key rk (or
+// keys in its slot): head, then a's command, channel and messages, which
+// every announcing script takes last.
+func (a Announce) scriptArgs(rk string, head ...any) []any {
+	cmd, channel := a.route(rk)
+	args := make([]any, 0, len(head)+2+len(a.Messages))
+	args = append(append(args, head...), cmd, channel)
 	for _, m := range a.Messages {
 		args = append(args, m)
 	}
 	return args
+}
+
+// publish sends a's messages outside a script, routed as a change of rk
+// would be.
+func (s *Store) publish(ctx context.Context, a Announce, rk string) error {
+	cmd, channel := a.route(rk)
+	for _, m := range a.Messages {
+		if err := s.rdb.Do(ctx, cmd, channel, m).Err(); err != nil {
+			return s.unavailable(cmd, err)
+		}
+	}
+	return nil
 }
 
 // Store is the Redis tier of one namespace: values in envelopes, their leases
@@ -139,8 +169,9 @@ func ms(d time.Duration) int64 { return max(d.Milliseconds(), 1) }
 // reply lost, and running it again writes the same state and announces it
 // again.
 func (s *Store) Set(ctx context.Context, k string, value []byte, ttl time.Duration, ann Announce) error {
-	args := ann.scriptArgs(value, ms(ttl))
-	if err := setScript.Run(ctx, s.rdb, []string{s.Key(k), s.leaseKey(k)}, args...).Err(); err != nil {
+	rk := s.Key(k)
+	args := ann.scriptArgs(rk, value, ms(ttl))
+	if err := setScript.Run(ctx, s.rdb, []string{rk, s.leaseKey(k)}, args...).Err(); err != nil {
 		return s.unavailable("set script", err)
 	}
 	return nil
@@ -160,7 +191,7 @@ func (s *Store) Delete(ctx context.Context, keys []string, ann Announce) error {
 		for _, k := range keys {
 			rk = append(rk, s.Key(k), s.leaseKey(k))
 		}
-		if err := deleteScript.Run(ctx, s.rdb, rk, ann.scriptArgs()...).Err(); err != nil {
+		if err := deleteScript.Run(ctx, s.rdb, rk, ann.scriptArgs(rk[0])...).Err(); err != nil {
 			return s.unavailable("delete script", err)
 		}
 		return nil
@@ -168,19 +199,14 @@ func (s *Store) Delete(ctx context.Context, keys []string, ann Announce) error {
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, k := range keys {
 			// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT.
-			deleteScript.Eval(ctx, p, []string{s.Key(k), s.leaseKey(k)}, ann.Channel)
+			deleteScript.Eval(ctx, p, []string{s.Key(k), s.leaseKey(k)}, Announce{}.scriptArgs("")...)
 		}
 		return nil
 	})
 	if err != nil {
 		return s.unavailable("delete pipeline", err)
 	}
-	for _, m := range ann.Messages {
-		if err := s.rdb.Publish(ctx, ann.Channel, m).Err(); err != nil {
-			return s.unavailable("PUBLISH", err)
-		}
-	}
-	return nil
+	return s.publish(ctx, ann, s.Key(keys[0]))
 }
 
 // DeleteIfEqual deletes k's value only if it still holds old. It removes a
