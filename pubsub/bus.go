@@ -5,8 +5,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"log/slog"
-	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +35,29 @@ const (
 	DefaultCloseTimeout = 2 * time.Second
 )
 
+// Mode chooses the flavour of Redis pub/sub the bus uses.
+type Mode int
+
+const (
+	// ModeAuto is ModeSharded on a *redis.ClusterClient and ModeClassic on
+	// any other client. See docs/design.md, "Classic or sharded pub/sub on
+	// a Cluster", for the figures behind it.
+	ModeAuto Mode = iota
+	// ModeClassic publishes with PUBLISH and subscribes with one SUBSCRIBE
+	// to Channel. On a Cluster every message is broadcast over the cluster
+	// bus to every node, and the freshness proof covers only the node the
+	// subscription is on, not the relay from the others.
+	ModeClassic
+	// ModeSharded (Redis 7 and a *redis.ClusterClient) publishes with
+	// SPUBLISH on the channel of the written key's hash slot (Channel plus
+	// a hash tag; see internal/hashslot), from the script that writes,
+	// and subscribes on every master to the channels of the slots it
+	// serves. A message stays on the shard of its key, and the proof is
+	// taken on every shard. A failover or a slot migration ends the
+	// subscription like any gap; the next one follows the new slot map.
+	ModeSharded
+)
+
 // ErrClosed is returned by WaitHealthy and Flush on a closed Bus.
 var ErrClosed = errors.New("pubsub: bus is closed")
 
@@ -61,6 +84,8 @@ type Options struct {
 	// CloseTimeout bounds how long Close keeps trying to deliver the
 	// outbox. Default [DefaultCloseTimeout]; negative means not at all.
 	CloseTimeout time.Duration
+	// Mode is classic or sharded pub/sub. Default [ModeAuto].
+	Mode Mode
 	// Logger receives rate-limited reports of gaps, garbled messages and
 	// outbox trouble. Default: discard.
 	Logger *slog.Logger
@@ -79,6 +104,9 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if len(r.NodeID) > MaxNodeIDBytes {
 		return r, errors.New("pubsub: NodeID longer than MaxNodeIDBytes")
+	}
+	if r.Mode < ModeAuto || r.Mode > ModeSharded {
+		return r, errors.New("pubsub: unknown Mode")
 	}
 	if r.HealthInterval < 0 || r.MaxStaleness < 0 || r.OutboxSize < 0 {
 		return r, errors.New("pubsub: HealthInterval, MaxStaleness and OutboxSize must not be negative")
@@ -165,6 +193,8 @@ type Stats struct {
 // A Bus is safe for concurrent use by multiple goroutines.
 type Bus struct {
 	rdb      redis.UniversalClient
+	cluster  *redis.ClusterClient // rdb, when it is one
+	sharded  bool                 // sessions use sharded pub/sub (Mode)
 	o        Options
 	maxStale int64 // o.MaxStaleness in ns
 	log      *ratelog.Limiter
@@ -180,7 +210,7 @@ type Bus struct {
 	mu       sync.Mutex                    // guards the fields below
 	handlers map[string]map[*regEntry]bool // by namespace
 	up       chan struct{}                 // closed while healthy
-	ps       *redis.PubSub                 // the current subscription
+	sess     *session                      // the current subscription, or nil
 	closed   bool
 
 	outbox *outbox
@@ -207,9 +237,19 @@ func New(rdb redis.UniversalClient, opts *Options) (*Bus, error) {
 	if err != nil {
 		return nil, err
 	}
+	cluster, _ := rdb.(*redis.ClusterClient)
+	sharded := cluster != nil && o.Mode != ModeClassic
+	switch {
+	case o.Mode == ModeSharded && cluster == nil:
+		return nil, errors.New("pubsub: ModeSharded needs a *redis.ClusterClient")
+	case sharded && strings.ContainsAny(o.Channel, "{}"):
+		return nil, errors.New("pubsub: a sharded bus's Channel must not contain '{' or '}': they would replace the slot's hash tag")
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Bus{
 		rdb:      rdb,
+		cluster:  cluster,
+		sharded:  sharded,
 		o:        o,
 		maxStale: int64(o.MaxStaleness),
 		log:      ratelog.New(o.Logger, 5*time.Second),
@@ -231,8 +271,14 @@ func New(rdb redis.UniversalClient, opts *Options) (*Bus, error) {
 // NodeID returns the ID this bus puts in its messages.
 func (b *Bus) NodeID() string { return b.o.NodeID }
 
-// Channel returns the Redis channel of the bus.
+// Channel returns the Redis channel of the bus: in sharded mode, the base
+// of the slot channels.
 func (b *Bus) Channel() string { return b.o.Channel }
+
+// Sharded reports whether the bus uses sharded pub/sub: writers must then
+// publish with SPUBLISH on the channel of their key's slot (l2.Announce's
+// Sharded).
+func (b *Bus) Sharded() bool { return b.sharded }
 
 // MaxStaleness returns the bound Proven checks the proof against.
 func (b *Bus) MaxStaleness() time.Duration { return b.o.MaxStaleness }
@@ -366,12 +412,14 @@ func (b *Bus) Close() error {
 		return nil
 	}
 	b.closed = true
-	ps := b.ps
 	b.mu.Unlock()
 	b.outbox.close(b.o.CloseTimeout)
 	b.cancel()
-	if ps != nil {
-		_ = ps.Close() // unblocks a pending receive
+	b.mu.Lock()
+	s := b.sess
+	b.mu.Unlock()
+	if s != nil {
+		s.close() // unblocks a pending receive
 	}
 	<-b.done
 	<-b.pingers
@@ -431,98 +479,48 @@ func (b *Bus) askPing() {
 	}
 }
 
-// run owns the subscription: one connection per session, replaced whenever
-// it fails, goes silent or is never confirmed. It returns when ctx is
-// cancelled by Close.
+// run owns the subscription: one session at a time, replaced whenever one
+// of its connections fails, goes silent or is never confirmed. It returns
+// when ctx is cancelled by Close.
 func (b *Bus) run(ctx context.Context) {
 	defer close(b.done)
 	defer b.setDown()
 	backoff := newBackoff()
 	for ctx.Err() == nil {
-		// Every call on ps gets a deadline: go-redis dials and resubscribes
-		// with the context of the call that finds no connection, and a
-		// dial through a connection that never answers would block the bus.
-		sctx, cancel := context.WithTimeout(ctx, b.o.HealthInterval)
-		ps := b.rdb.Subscribe(sctx, b.o.Channel)
-		cancel()
-		b.mu.Lock()
-		if b.closed {
+		s, err := b.open(ctx)
+		if err == nil {
+			b.mu.Lock()
+			if b.closed {
+				b.mu.Unlock()
+				s.close()
+				return
+			}
+			b.sess = s
 			b.mu.Unlock()
-			_ = ps.Close()
-			return
+			err = b.serve(ctx, s, backoff)
+			b.mu.Lock()
+			b.sess = nil
+			b.mu.Unlock()
+			s.close()
 		}
-		b.ps = ps
-		b.mu.Unlock()
-		err := b.receive(ctx, ps, backoff)
-		b.mu.Lock()
-		b.ps = nil
-		b.mu.Unlock()
-		_ = ps.Close()
 		b.setDown()
 		if ctx.Err() != nil {
 			return
 		}
 		b.log.Log(slog.LevelWarn, "pubsub: subscription lost, reconnecting", err, slog.String("channel", b.o.Channel))
+		if b.sharded {
+			// The shard may have failed over or moved: let the client
+			// fetch the slot map again before the next session asks it.
+			b.cluster.ReloadState(ctx)
+		}
 		backoff.wait(ctx)
 	}
 }
 
 var (
 	errSilent       = errors.New("pubsub: subscription silent for two health intervals")
-	errNotConfirmed = errors.New("pubsub: SUBSCRIBE not confirmed within a health interval")
+	errNotConfirmed = errors.New("pubsub: subscription not confirmed within a health interval")
 )
-
-// receive reads from ps until ctx is done or ps must be replaced, and says
-// why. go-redis treats a read timeout as harmless and keeps the connection,
-// so a connection that stays open and silent is replaced here: when its
-// SUBSCRIBE is not confirmed within a health interval, or when nothing at
-// all (not even a PONG to the PINGs the pinger sends at least every
-// interval) has arrived for two.
-func (b *Bus) receive(ctx context.Context, ps *redis.PubSub, bo *backoff) error {
-	interval := int64(b.o.HealthInterval)
-	start := mono.Now()
-	last, confirmed := start, false
-	for {
-		rctx, cancel := context.WithTimeout(ctx, b.o.HealthInterval)
-		msg, err := ps.ReceiveTimeout(rctx, b.o.HealthInterval/4)
-		cancel()
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		now := mono.Now()
-		if err != nil {
-			var ne net.Error
-			if !errors.Is(err, context.DeadlineExceeded) && (!errors.As(err, &ne) || !ne.Timeout()) {
-				return err
-			}
-			switch {
-			case !confirmed && now-start > interval:
-				b.replaced.Add(1)
-				return errNotConfirmed
-			case now-last > 2*interval:
-				b.replaced.Add(1)
-				return errSilent
-			}
-			continue
-		}
-		last = now
-		switch m := msg.(type) {
-		case *redis.Subscription:
-			if m.Kind == "subscribe" && m.Channel == b.o.Channel && !confirmed {
-				confirmed = true
-				b.subscribed.Add(1)
-				b.setUp()
-				bo.reset()
-			}
-		case *redis.Message:
-			b.dispatch(m.Payload)
-		case *redis.Pong:
-			if sent, err := strconv.ParseInt(m.Payload, 10, 64); err == nil && confirmed && sent > b.proof.Load() {
-				b.proof.Store(sent)
-			}
-		}
-	}
-}
 
 // pinger sends PINGs on the subscription connection, each carrying its send
 // time: when a reader asks for a fresher proof (at most one PING per
@@ -549,12 +547,15 @@ func (b *Bus) pinger(ctx context.Context) {
 			continue
 		}
 		b.mu.Lock()
-		ps := b.ps
+		sess := b.sess
 		b.mu.Unlock()
-		if ps != nil {
+		if sess != nil {
 			b.pings.Add(1)
 			pctx, cancel := context.WithTimeout(ctx, b.o.HealthInterval)
-			_ = ps.Ping(pctx, strconv.FormatInt(mono.Now(), 10))
+			sent := strconv.FormatInt(mono.Now(), 10)
+			for _, sh := range sess.shards {
+				_ = sh.ps.Ping(pctx, sent)
+			}
 			cancel()
 		}
 		idle.Reset(b.o.HealthInterval)

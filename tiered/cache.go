@@ -635,7 +635,7 @@ func (c *Cache[V]) announce(kind pubsub.Kind, keys ...string) (l2.Announce, erro
 	if err != nil {
 		return l2.Announce{}, fmt.Errorf("tiered: cannot encode announcement: %w", err)
 	}
-	return l2.Announce{Channel: c.bus.Channel(), Messages: msgs}, nil
+	return l2.Announce{Channel: c.bus.Channel(), Messages: msgs, Sharded: c.bus.Sharded()}, nil
 }
 
 // sealed is a value ready for Redis.
@@ -818,7 +818,7 @@ func (h busHandler[V]) Purge(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	err = c.l2.Purge(ctx, l2.Announce{Channel: c.bus.Channel(), Messages: msgs})
+	err = c.l2.Purge(ctx, l2.Announce{Channel: c.bus.Channel(), Messages: msgs, Sharded: c.bus.Sharded()})
 	c.l2Done("purge", err)
 	if err != nil {
 		return err
