@@ -11,7 +11,8 @@ import (
 )
 
 // TestMain silences go-redis, whose clients see the servers the tests kill,
-// and fails the run if a test leaves a goroutine behind.
+// and fails the run if a test leaves a goroutine behind (a failover
+// client's sentinel watcher, say).
 func TestMain(m *testing.M) {
 	QuietLogs()
 	leakcheck.Main(m)

@@ -1,5 +1,6 @@
 // Package redistest starts private Redis servers for tests: a single
-// redis-server, or a Redis Cluster with replicas.
+// redis-server, a Redis Cluster with replicas, or a master and replica
+// watched by Redis Sentinel.
 //
 // Each [Start] launches a new redis-server on a free loopback port with
 // persistence off, waits until it answers PING, and registers a cleanup that
@@ -7,10 +8,12 @@
 // forms a cluster of them with redis-cli --cluster create and waits until
 // every node agrees on the slot map; [Cluster.Kill] and
 // [Cluster.WaitFailover] take a master down and wait for its replica to
-// take over. Tests never reach a server they did not start and never use a
-// fixed port, and the servers die with the test binary (on Linux, see
-// [DieWithParent]). [StartProcess] and [LaunchCluster] do the same for
-// programs without a testing.TB.
+// take over. [StartSentinel] starts a master, a replica and three
+// sentinels; [Sentinel.KillMaster] and [Sentinel.WaitFailover] do the same
+// through the sentinels. Tests never reach a server they did not start and
+// never use a fixed port, and the servers die with the test binary (on
+// Linux, see [DieWithParent]). [StartProcess], [LaunchCluster] and
+// [LaunchSentinel] do the same for programs without a testing.TB.
 //
 // When redis-server (or, for a cluster, redis-cli) is not on PATH the test
 // is skipped, unless the environment variable REQUIRE_REDIS=1 is set, in
