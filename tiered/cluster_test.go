@@ -15,7 +15,7 @@ import (
 // own L1) of namespace "cluster" on cl, with a healthy bus.
 func newClusterNode(t *testing.T, cl *redistest.Cluster) *Cache[Product] {
 	t.Helper()
-	rdb := cl.Client(t) // closed after the cache: cleanups run last-in first-out
+	rdb := cl.Client(t, nil) // closed after the cache: cleanups run last-in first-out
 	// A generous OpTimeout: a Cluster client's first call also fetches the
 	// slot map, and the test machine may be busy.
 	c, err := New[Product](rdb, &Options{Namespace: "cluster", TTL: time.Minute, OpTimeout: 5 * time.Second})
@@ -31,13 +31,14 @@ func newClusterNode(t *testing.T, cl *redistest.Cluster) *Cache[Product] {
 	return c
 }
 
-// TestCluster: two nodes in one namespace on a real three-master Redis
-// Cluster. A key starting with '}' once made every write fail there with
-// CROSSSLOT (see l2/keys.go); here it is written, read, invalidated across
-// nodes and loaded under the lease like any other. Checks use the values
-// returned, not L1 counters: a node may skip L1 for its first reads.
+// TestCluster: two nodes in one namespace on a real Redis Cluster (three
+// masters with a replica each). A key starting with '}' once made every
+// write fail there with CROSSSLOT (see l2/keys.go); here it is written,
+// read, invalidated across nodes and loaded under the lease like any other.
+// Checks use the values returned, not L1 counters: a node may skip L1 for
+// its first reads.
 func TestCluster(t *testing.T) {
-	cl := redistest.StartCluster(t, 3)
+	cl := redistest.StartCluster(t, nil)
 	a, b := newClusterNode(t, cl), newClusterNode(t, cl)
 	ctx := context.Background()
 	const key = "}x"
@@ -75,7 +76,7 @@ func TestCluster(t *testing.T) {
 		}
 	}
 	// The value is under the escaped Redis key of l2's layout.
-	raw := cl.Client(t)
+	raw := cl.Client(t, nil)
 	if n, err := raw.Exists(ctx, "cluster:{~}x}").Result(); err != nil || n != 1 {
 		t.Fatalf("EXISTS cluster:{~}x} = %d, %v; want 1", n, err)
 	}

@@ -2,192 +2,499 @@ package redistest
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
+// Defaults of [ClusterOptions].
+const (
+	// DefaultClusterMasters is the default number of masters: the fewest
+	// Redis Cluster accepts.
+	DefaultClusterMasters = 3
+	// DefaultClusterReplicas is the default number of replicas per master.
+	DefaultClusterReplicas = 1
+	// DefaultClusterNodeTimeout is the default cluster-node-timeout: short,
+	// so that a failover takes seconds, yet long enough that a busy test
+	// machine does not fail over a master that is merely slow.
+	DefaultClusterNodeTimeout = time.Second
+)
+
+// NoReplicas is the [ClusterOptions.Replicas] of a cluster of masters only.
+const NoReplicas = -1
+
 // clusterSlots is the number of Redis Cluster hash slots.
 const clusterSlots = 16384
 
-// clusterFormTimeout bounds the wait for a new cluster to agree on its slot
-// map. A master refuses to report cluster_state:ok for about two seconds
-// after it starts (CLUSTER_WRITABLE_DELAY), so forming takes at least that.
-const clusterFormTimeout = 20 * time.Second
+// clusterFormTimeout bounds StartCluster's wait for a new cluster. A master
+// refuses to report cluster_state:ok for about two seconds after it starts
+// (CLUSTER_WRITABLE_DELAY), redis-cli polls the join once a second and the
+// replicas then sync, so forming takes a few seconds on an idle machine.
+const clusterFormTimeout = 60 * time.Second
 
-// Cluster is a running Redis Cluster of masters without replicas, owned by
-// one test.
-type Cluster struct {
-	// Addrs are host:port of the masters, on 127.0.0.1; master i serves the
-	// i-th of len(Addrs) equal ranges of the 16384 slots.
-	Addrs []string
+// ClusterOptions configure [LaunchCluster] and [StartCluster]. A nil
+// *ClusterOptions means every default.
+type ClusterOptions struct {
+	// Masters is the number of masters, at least 3. The default is
+	// DefaultClusterMasters.
+	Masters int
+	// Replicas is the number of replicas of each master. Zero means
+	// DefaultClusterReplicas; NoReplicas means none.
+	Replicas int
+	// NodeTimeout is the cluster-node-timeout of every node: how long a node
+	// may not answer before the others deem it failed and, if it is a
+	// master, its replica takes over. The default is
+	// DefaultClusterNodeTimeout. Redis works in whole milliseconds.
+	NodeTimeout time.Duration
 }
 
-// StartCluster starts masters (at least 3) redis-servers for tb, each as
-// [Start] starts one (free loopback ports, persistence off, killed if the
-// test binary dies) plus cluster mode with its config file in a temporary
-// directory. It assigns the slots evenly, joins the nodes with CLUSTER MEET,
-// and returns once every node reports cluster_state:ok and the same slot
-// map. Every server stops when tb ends.
-func StartCluster(tb testing.TB, masters int) *Cluster {
+// withDefaults returns a copy of o (nil for defaults) with its defaults
+// filled in, or an error for a value out of range.
+func (o *ClusterOptions) withDefaults() (ClusterOptions, error) {
+	var r ClusterOptions
+	if o != nil {
+		r = *o
+	}
+	switch {
+	case r.Masters == 0:
+		r.Masters = DefaultClusterMasters
+	case r.Masters < 3:
+		return r, fmt.Errorf("redistest: a Redis Cluster needs at least 3 masters, got %d", r.Masters)
+	}
+	switch {
+	case r.Replicas == 0:
+		r.Replicas = DefaultClusterReplicas
+	case r.Replicas == NoReplicas:
+		r.Replicas = 0
+	case r.Replicas < 0:
+		return r, fmt.Errorf("redistest: Replicas is %d, want NoReplicas or more", r.Replicas)
+	}
+	switch {
+	case r.NodeTimeout == 0:
+		r.NodeTimeout = DefaultClusterNodeTimeout
+	case r.NodeTimeout < time.Millisecond:
+		return r, fmt.Errorf("redistest: NodeTimeout is %v, want at least 1ms", r.NodeTimeout)
+	}
+	return r, nil
+}
+
+// Cluster is a running Redis Cluster of masters and their replicas, each a
+// redis-server on a free loopback port, formed by redis-cli --cluster
+// create. Its methods are safe for concurrent use.
+type Cluster struct {
+	// Addrs are host:port of every node, masters and replicas, on
+	// 127.0.0.1: the seed list of a redis.ClusterOptions. Which node is a
+	// master changes with failovers; [Cluster.Masters] says.
+	Addrs []string
+
+	opts    ClusterOptions // with defaults filled in
+	dir     string         // holds the nodes' directories
+	ownsDir bool           // Stop removes dir
+
+	mu      sync.Mutex
+	nodes   map[string]*Server // by address; guarded by mu
+	killed  map[string]bool    // addresses Kill was given; guarded by mu
+	stopped bool               // guarded by mu
+}
+
+// StartCluster starts a cluster for tb as [LaunchCluster] does, with its
+// files under tb's temporary directory, and stops it when tb ends. o nil
+// means defaults: 3 masters with a replica each. It skips tb when
+// redis-server or redis-cli is missing, or fails it under REQUIRE_REDIS=1.
+func StartCluster(tb testing.TB, o *ClusterOptions) *Cluster {
 	tb.Helper()
-	Require(tb)
-	if masters < 3 {
-		tb.Fatalf("redistest: a Redis Cluster needs at least 3 masters, got %d", masters)
-	}
-	c := &Cluster{}
-	busPorts := make([]int, masters)
-	for i := range masters {
-		s, busPort, err := startClusterNode(tb.TempDir())
-		if err != nil {
-			tb.Fatalf("redistest: cannot start cluster node %d: %v", i, err)
-		}
-		tb.Cleanup(s.Stop)
-		c.Addrs = append(c.Addrs, s.Addr)
-		busPorts[i] = busPort
-	}
+	requireTools(tb, serverTool, cliTool)
 	ctx, cancel := context.WithTimeout(context.Background(), clusterFormTimeout)
 	defer cancel()
-	if err := c.form(ctx, busPorts); err != nil {
-		tb.Fatalf("redistest: cannot form a cluster of %v: %v", c.Addrs, err)
+	c, err := LaunchCluster(ctx, tb.TempDir(), o)
+	if err != nil {
+		tb.Fatal(err)
 	}
+	tb.Cleanup(c.Stop)
 	return c
 }
 
-// Client returns a Cluster client of c that fails fast like [Client] (no
-// retries, short dial timeout), closed when tb ends.
-func (c *Cluster) Client(tb testing.TB) *redis.ClusterClient {
+// LaunchCluster is StartCluster for code without a testing.TB (an example
+// program): it starts Masters×(1+Replicas) cluster-mode redis-servers with
+// their files under dir (a new temporary directory, removed by Stop, when
+// dir is ""), forms a cluster of them with redis-cli --cluster create, and
+// returns once every node reports cluster_state:ok with all 16384 slots
+// served, knows every other node, lists the same masters and replicas in
+// CLUSTER SLOTS, and every replica's link to its master is up. The caller
+// must call Stop, also after an error. ctx bounds the whole start.
+//
+// The servers are killed if this process dies (on Linux; see
+// [DieWithParent]).
+func LaunchCluster(ctx context.Context, dir string, o *ClusterOptions) (*Cluster, error) {
+	opts, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := errMissing(serverTool, cliTool); err != nil {
+		return nil, err
+	}
+	c := &Cluster{opts: opts, dir: dir, nodes: make(map[string]*Server), killed: make(map[string]bool)}
+	if dir == "" {
+		if c.dir, err = os.MkdirTemp("", "redistest-cluster-"); err != nil {
+			return nil, err
+		}
+		c.ownsDir = true
+	}
+	for i := range opts.Masters * (1 + opts.Replicas) {
+		s, err := startClusterNode(c.dir, opts.NodeTimeout)
+		if err != nil {
+			c.Stop()
+			return nil, fmt.Errorf("redistest: cannot start cluster node %d: %w", i, err)
+		}
+		c.mu.Lock()
+		c.nodes[s.Addr] = s
+		c.mu.Unlock()
+		c.Addrs = append(c.Addrs, s.Addr)
+	}
+	if err := c.create(ctx); err != nil {
+		c.Stop()
+		return nil, fmt.Errorf("redistest: cannot form a cluster of %v: %w", c.Addrs, err)
+	}
+	if err := wait(ctx, func() error { return c.agree(ctx, true) }); err != nil {
+		c.Stop()
+		return nil, fmt.Errorf("redistest: cluster of %v not formed: %w", c.Addrs, err)
+	}
+	return c, nil
+}
+
+// Stop kills every node and waits for them to exit. It is idempotent.
+func (c *Cluster) Stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return
+	}
+	c.stopped = true
+	for _, s := range c.nodes {
+		s.Stop()
+	}
+	if c.ownsDir {
+		_ = os.RemoveAll(c.dir)
+	}
+}
+
+// Kill sends the node at addr SIGKILL and waits for it to exit. It stays
+// down: [Cluster.WaitFailover] waits for the cluster to get over it.
+func (c *Cluster) Kill(addr string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.nodes[addr]
+	if s == nil {
+		return fmt.Errorf("redistest: %s is not a node of the cluster", addr)
+	}
+	s.Kill()
+	c.killed[addr] = true
+	return nil
+}
+
+// WaitFailover returns once the cluster has got over the nodes Kill took
+// down: the replica of each killed master has taken over its slots, and
+// every live node reports cluster_state:ok with all 16384 slots served by
+// live masters and lists the same masters and replicas in CLUSTER SLOTS,
+// and every live replica's link to its master is up. It returns ctx's
+// error, with what it still waited for, if ctx ends first.
+func (c *Cluster) WaitFailover(ctx context.Context) error {
+	if err := wait(ctx, func() error { return c.agree(ctx, false) }); err != nil {
+		return fmt.Errorf("redistest: cluster did not fail over: %w", err)
+	}
+	return nil
+}
+
+// Client returns a Cluster client of c, closed when tb ends. With o nil it
+// fails fast like [Client] (no retries, short dial timeout); otherwise it
+// uses o, with c.Addrs as the seed list if o.Addrs is empty.
+//
+// After a failover, a Cluster client keeps sending the killed master's
+// slots to its address until it reloads the slot map: go-redis does on a
+// MOVED reply or every ClusterStateReloadInterval (60s by default), not on
+// a refused dial. Call its ReloadState after [Cluster.WaitFailover].
+func (c *Cluster) Client(tb testing.TB, o *redis.ClusterOptions) *redis.ClusterClient {
 	tb.Helper()
-	o := failFast("") // the settings of Client
-	cc := redis.NewClusterClient(&redis.ClusterOptions{
-		Addrs: c.Addrs, MaxRetries: o.MaxRetries, DialTimeout: o.DialTimeout,
-	})
+	if o == nil {
+		ff := failFast("") // the settings of Client
+		o = &redis.ClusterOptions{MaxRetries: ff.MaxRetries, DialTimeout: ff.DialTimeout}
+	} else {
+		cp := *o // NewClusterClient fills in o's defaults: leave the caller's alone
+		o = &cp
+	}
+	if len(o.Addrs) == 0 {
+		o.Addrs = c.Addrs
+	}
+	cc := redis.NewClusterClient(o)
 	tb.Cleanup(func() { cc.Close() })
 	return cc
 }
 
+// SlotRange is a range of hash slots and the nodes that serve it, as
+// CLUSTER SLOTS reports them.
+type SlotRange struct {
+	Start, End int      // first and last slot
+	Master     string   // host:port of the master
+	Replicas   []string // host:port of its replicas that have synced, sorted
+}
+
+// String renders r as start-end@master[replicas...].
+func (r SlotRange) String() string {
+	return fmt.Sprintf("%d-%d@%s%v", r.Start, r.End, r.Master, r.Replicas)
+}
+
+// Slots returns the slot map of a live node, sorted by slot: the map a
+// Cluster client routes by.
+func (c *Cluster) Slots(ctx context.Context) ([]SlotRange, error) {
+	live := c.live()
+	if len(live) == 0 {
+		return nil, errors.New("redistest: no live node")
+	}
+	rdb := redis.NewClient(failFast(live[0]))
+	defer rdb.Close()
+	return slotMap(ctx, rdb)
+}
+
+// Masters returns the address of every master that serves slots, in slot
+// order, as a live node sees them.
+func (c *Cluster) Masters(ctx context.Context) ([]string, error) {
+	ranges, err := c.Slots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var masters []string
+	for _, r := range ranges {
+		if !slices.Contains(masters, r.Master) {
+			masters = append(masters, r.Master)
+		}
+	}
+	return masters, nil
+}
+
+// MasterOf returns the address of the master that serves slot, as a live
+// node sees it.
+func (c *Cluster) MasterOf(ctx context.Context, slot int) (string, error) {
+	ranges, err := c.Slots(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, r := range ranges {
+		if r.Start <= slot && slot <= r.End {
+			return r.Master, nil
+		}
+	}
+	return "", fmt.Errorf("redistest: no master serves slot %d", slot)
+}
+
+// MasterForKey returns the address of the master that serves key's slot,
+// as a live node sees it.
+func (c *Cluster) MasterForKey(ctx context.Context, key string) (string, error) {
+	live := c.live()
+	if len(live) == 0 {
+		return "", errors.New("redistest: no live node")
+	}
+	rdb := redis.NewClient(failFast(live[0]))
+	defer rdb.Close()
+	slot, err := rdb.ClusterKeySlot(ctx, key).Result()
+	if err != nil {
+		return "", fmt.Errorf("redistest: CLUSTER KEYSLOT %q: %w", key, err)
+	}
+	return c.MasterOf(ctx, int(slot))
+}
+
+// live returns the addresses of the nodes not killed, in the order of Addrs.
+func (c *Cluster) live() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var live []string
+	for _, addr := range c.Addrs {
+		if !c.killed[addr] {
+			live = append(live, addr)
+		}
+	}
+	return live
+}
+
 // startClusterNode starts a cluster-enabled server with its files in a new
-// directory under dir, and returns it with its cluster bus port. Like
-// startRetrying it tries again when a free port it picked was taken first.
-func startClusterNode(dir string) (*Server, int, error) {
+// directory under dir, and returns it. Like startRetrying it tries again
+// when a free port it picked was taken first.
+func startClusterNode(dir string, nodeTimeout time.Duration) (*Server, error) {
 	var lastErr error
 	for range 5 {
 		busPort, err := freePort()
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
 		nodeDir, err := os.MkdirTemp(dir, "node-")
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
 		s, err := start(nodeDir,
 			"--cluster-enabled", "yes",
 			"--cluster-config-file", filepath.Join(nodeDir, "nodes.conf"),
 			"--cluster-port", strconv.Itoa(busPort),
 			"--cluster-announce-ip", "127.0.0.1",
+			"--cluster-node-timeout", strconv.FormatInt(nodeTimeout.Milliseconds(), 10),
+			// A replica takes over however long its link was down: on a
+			// busy machine the data-age check could veto the failover a
+			// test waits for.
+			"--cluster-replica-validity-factor", "0",
+			// A replica's first sync starts at once, not after the
+			// default 5s wait for more replicas.
+			"--repl-diskless-sync-delay", "0",
+			// A master pings its replicas every second, not every 10s:
+			// CLUSTER SLOTS lists a replica only once it has a
+			// replication offset, which a fresh master's first ping
+			// gives it.
+			"--repl-ping-replica-period", "1",
 		)
 		if err == nil {
-			return s, busPort, nil
+			return s, nil
 		}
 		lastErr = err
 	}
-	return nil, 0, lastErr
+	return nil, lastErr
 }
 
-// slotRange returns the first and last slot of master i of n.
-func slotRange(i, n int) (first, last int) {
-	return i * clusterSlots / n, (i+1)*clusterSlots/n - 1
+// create runs redis-cli --cluster create on every node: it spreads the
+// slots over the first Masters nodes, makes the rest their replicas, and
+// joins them all.
+func (c *Cluster) create(ctx context.Context) error {
+	args := append([]string{"--cluster", "create"}, c.Addrs...)
+	args = append(args, "--cluster-replicas", strconv.Itoa(c.opts.Replicas), "--cluster-yes")
+	cmd := exec.CommandContext(ctx, cliTool, args...)
+	cmd.SysProcAttr = DieWithParent()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("redis-cli --cluster create: %v: %s", err, out)
+	}
+	return nil
 }
 
-// form assigns the slots, introduces the nodes to each other, and waits
-// until all of them agree.
-func (c *Cluster) form(ctx context.Context, busPorts []int) error {
-	clients := make([]*redis.Client, len(c.Addrs))
-	for i, addr := range c.Addrs {
-		clients[i] = redis.NewClient(failFast(addr))
-		defer clients[i].Close()
+// agree returns nil when every live node reports cluster_state:ok, knows
+// every node (a killed one too: it stays known, flagged failed), serves all
+// slots with live masters, lists the same slot map in CLUSTER SLOTS, and,
+// for a replica, has its link to its master up. With formed, it also wants
+// the shape LaunchCluster asked for: Masters masters with Replicas replicas
+// each.
+func (c *Cluster) agree(ctx context.Context, formed bool) error {
+	live := c.live()
+	c.mu.Lock()
+	killed := make(map[string]bool, len(c.killed))
+	for addr := range c.killed {
+		killed[addr] = true
 	}
-	for i, rdb := range clients {
-		first, last := slotRange(i, len(clients))
-		if err := rdb.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", first, last).Err(); err != nil {
-			return fmt.Errorf("%s: CLUSTER ADDSLOTSRANGE %d %d: %w", c.Addrs[i], first, last, err)
-		}
-	}
-	// Every pair meets, rather than all meeting one: the nodes need not
-	// wait for gossip to learn of each other.
-	for i := range clients {
-		for j := i + 1; j < len(clients); j++ {
-			host, port, _ := net.SplitHostPort(c.Addrs[j])
-			if err := clients[i].Do(ctx, "CLUSTER", "MEET", host, port, busPorts[j]).Err(); err != nil {
-				return fmt.Errorf("%s: CLUSTER MEET %s: %w", c.Addrs[i], c.Addrs[j], err)
-			}
-		}
-	}
-	want := c.slotMap()
-	for {
-		err := c.agree(ctx, clients, want)
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("not formed after %v: %w", clusterFormTimeout, err)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
+	c.mu.Unlock()
 
-// slotMap is the slot map form assigns, as agree renders it.
-func (c *Cluster) slotMap() string {
-	var ranges []string
-	for i, addr := range c.Addrs {
-		first, last := slotRange(i, len(c.Addrs))
-		ranges = append(ranges, fmt.Sprintf("%d-%d@%s", first, last, addr))
-	}
-	return strings.Join(ranges, " ")
-}
-
-// agree returns nil when every node reports cluster_state:ok, knows every
-// other node, and serves want as its slot map.
-func (c *Cluster) agree(ctx context.Context, clients []*redis.Client, want string) error {
-	for i, rdb := range clients {
-		info, err := rdb.ClusterInfo(ctx).Result()
-		if err != nil {
-			return fmt.Errorf("%s: CLUSTER INFO: %w", c.Addrs[i], err)
-		}
-		for _, field := range []string{
-			"cluster_state:ok",
-			"cluster_known_nodes:" + strconv.Itoa(len(clients)),
-			"cluster_slots_ok:" + strconv.Itoa(clusterSlots),
-		} {
-			if !slices.Contains(strings.Fields(info), field) {
-				return fmt.Errorf("%s: CLUSTER INFO lacks %s", c.Addrs[i], field)
-			}
-		}
-		//lint:ignore SA1019 CLUSTER SLOTS is the view go-redis's ClusterClient routes by; the check is that it agrees
-		slots, err := rdb.ClusterSlots(ctx).Result()
-		if err != nil {
-			return fmt.Errorf("%s: CLUSTER SLOTS: %w", c.Addrs[i], err)
-		}
-		slices.SortFunc(slots, func(a, b redis.ClusterSlot) int { return a.Start - b.Start })
-		var ranges []string
-		for _, s := range slots {
-			if len(s.Nodes) != 1 {
-				return fmt.Errorf("%s: slots %d-%d have %d nodes, want one master", c.Addrs[i], s.Start, s.End, len(s.Nodes))
-			}
-			ranges = append(ranges, fmt.Sprintf("%d-%d@%s", s.Start, s.End, s.Nodes[0].Addr))
-		}
-		if got := strings.Join(ranges, " "); got != want {
-			return fmt.Errorf("%s: slot map %q, want %q", c.Addrs[i], got, want)
+	var want string // the slot map of the first node
+	for _, addr := range live {
+		if err := c.nodeAgrees(ctx, addr, formed, killed, &want); err != nil {
+			return fmt.Errorf("%s: %w", addr, err)
 		}
 	}
 	return nil
+}
+
+// nodeAgrees checks the node at addr for agree. *want is the slot map the
+// nodes checked before it listed, or "" for the first, which sets it.
+func (c *Cluster) nodeAgrees(ctx context.Context, addr string, formed bool, killed map[string]bool, want *string) error {
+	rdb := redis.NewClient(failFast(addr))
+	defer rdb.Close()
+	info, err := rdb.ClusterInfo(ctx).Result()
+	if err != nil {
+		return fmt.Errorf("CLUSTER INFO: %w", err)
+	}
+	for _, field := range []string{
+		"cluster_state:ok",
+		"cluster_known_nodes:" + strconv.Itoa(len(c.Addrs)),
+		"cluster_slots_ok:" + strconv.Itoa(clusterSlots),
+	} {
+		if !slices.Contains(strings.Fields(info), field) {
+			return fmt.Errorf("CLUSTER INFO lacks %s", field)
+		}
+	}
+
+	ranges, err := slotMap(ctx, rdb)
+	if err != nil {
+		return err
+	}
+	var rendered []string
+	masters := make(map[string]bool)
+	for _, r := range ranges {
+		if killed[r.Master] {
+			return fmt.Errorf("slots %d-%d still on killed master %s", r.Start, r.End, r.Master)
+		}
+		for _, rep := range r.Replicas {
+			if killed[rep] {
+				return fmt.Errorf("slots %d-%d still list killed replica %s", r.Start, r.End, rep)
+			}
+		}
+		if formed && len(r.Replicas) != c.opts.Replicas {
+			return fmt.Errorf("slots %d-%d have %d synced replicas, want %d", r.Start, r.End, len(r.Replicas), c.opts.Replicas)
+		}
+		masters[r.Master] = true
+		rendered = append(rendered, r.String())
+	}
+	if formed && len(masters) != c.opts.Masters {
+		return fmt.Errorf("%d masters serve slots, want %d", len(masters), c.opts.Masters)
+	}
+	got := strings.Join(rendered, " ")
+	if *want == "" {
+		*want = got
+	} else if got != *want {
+		return fmt.Errorf("slot map %q, another node has %q", got, *want)
+	}
+
+	repl, err := rdb.Info(ctx, "replication").Result()
+	if err != nil {
+		return fmt.Errorf("INFO replication: %w", err)
+	}
+	if fields := strings.Fields(repl); slices.Contains(fields, "role:slave") &&
+		!slices.Contains(fields, "master_link_status:up") {
+		return errors.New("replica's link to its master is not up")
+	}
+	return nil
+}
+
+// slotMap returns rdb's CLUSTER SLOTS, sorted by slot.
+func slotMap(ctx context.Context, rdb *redis.Client) ([]SlotRange, error) {
+	//lint:ignore SA1019 CLUSTER SLOTS is the view go-redis's ClusterClient routes by; the check is that it agrees
+	slots, err := rdb.ClusterSlots(ctx).Result()
+	if err != nil {
+		return nil, fmt.Errorf("CLUSTER SLOTS: %w", err)
+	}
+	ranges := make([]SlotRange, 0, len(slots))
+	for _, s := range slots {
+		if len(s.Nodes) == 0 {
+			return nil, fmt.Errorf("CLUSTER SLOTS: slots %d-%d have no node", s.Start, s.End)
+		}
+		r := SlotRange{Start: s.Start, End: s.End, Master: s.Nodes[0].Addr}
+		for _, n := range s.Nodes[1:] {
+			r.Replicas = append(r.Replicas, n.Addr)
+		}
+		slices.Sort(r.Replicas)
+		ranges = append(ranges, r)
+	}
+	slices.SortFunc(ranges, func(a, b SlotRange) int { return a.Start - b.Start })
+	return ranges, nil
+}
+
+// servers returns every node's Server, in the order of Addrs.
+func (c *Cluster) servers() []*Server {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var all []*Server
+	for _, addr := range c.Addrs {
+		all = append(all, c.nodes[addr])
+	}
+	return all
 }

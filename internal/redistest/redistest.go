@@ -1,14 +1,24 @@
-// Package redistest starts a private redis-server for tests.
+// Package redistest starts private Redis servers for tests: a single
+// redis-server, a Redis Cluster with replicas, or a master and replica
+// watched by Redis Sentinel.
 //
 // Each [Start] launches a new redis-server on a free loopback port with
 // persistence off, waits until it answers PING, and registers a cleanup that
-// stops it. [StartCluster] starts several in cluster mode and forms a Redis
-// Cluster of them. Tests never reach a server they did not start and never
-// use a fixed port.
+// stops it. [StartCluster] starts masters and replicas in cluster mode,
+// forms a cluster of them with redis-cli --cluster create and waits until
+// every node agrees on the slot map; [Cluster.Kill] and
+// [Cluster.WaitFailover] take a master down and wait for its replica to
+// take over. [StartSentinel] starts a master, a replica and three
+// sentinels; [Sentinel.KillMaster] and [Sentinel.WaitFailover] do the same
+// through the sentinels. Tests never reach a server they did not start and
+// never use a fixed port, and the servers die with the test binary (on
+// Linux, see [DieWithParent]). [StartProcess], [LaunchCluster] and
+// [LaunchSentinel] do the same for programs without a testing.TB.
 //
-// When redis-server is not on PATH the test is skipped, unless the
-// environment variable REQUIRE_REDIS=1 is set, in which case it fails: CI sets
-// it so that a missing install step cannot hide behind green skips.
+// When redis-server (or, for a cluster, redis-cli) is not on PATH the test
+// is skipped, unless the environment variable REQUIRE_REDIS=1 is set, in
+// which case it fails: CI sets it so that a missing install step cannot
+// hide behind green skips.
 package redistest
 
 import (
@@ -22,6 +32,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,6 +47,7 @@ type Server struct {
 	dir      string
 	extra    []string   // arguments after the defaults; Restart passes them again
 	waitExit chan error // receives cmd.Wait's result once; see killed
+	log      *logRing   // the last lines the process wrote
 	killed   bool       // Kill received it: the process is gone until Restart
 	stopped  bool
 	ownsDir  bool // Stop removes dir
@@ -65,7 +77,7 @@ func (s *Server) Restart() error {
 	if err != nil {
 		return err
 	}
-	s.cmd, s.waitExit, s.killed = n.cmd, n.waitExit, false
+	s.cmd, s.waitExit, s.log, s.killed = n.cmd, n.waitExit, n.log, false
 	return nil
 }
 
@@ -124,23 +136,56 @@ func (s *Server) Stop() {
 	}
 }
 
+// Tools of a Redis install that the helpers run.
+const (
+	serverTool = "redis-server" // every server, and the sentinels (--sentinel)
+	cliTool    = "redis-cli"    // forms a cluster: redis-cli --cluster create
+)
+
 // Available reports whether redis-server is on PATH.
-func Available() bool {
-	_, err := exec.LookPath("redis-server")
-	return err == nil
-}
+func Available() bool { return len(missingTools(serverTool)) == 0 }
 
 // Require skips t when redis-server is missing, or fails it when
 // REQUIRE_REDIS=1.
 func Require(tb testing.TB) {
 	tb.Helper()
-	if Available() {
+	requireTools(tb, serverTool)
+}
+
+// requireTools skips tb when one of tools is not on PATH, or fails it when
+// REQUIRE_REDIS=1, naming what is missing and where it comes from.
+func requireTools(tb testing.TB, tools ...string) {
+	tb.Helper()
+	missing := missingTools(tools...)
+	if len(missing) == 0 {
 		return
 	}
+	list := strings.Join(missing, " and ")
 	if required() {
-		tb.Fatal("redistest: REQUIRE_REDIS=1 but redis-server is not on PATH")
+		tb.Fatalf("redistest: REQUIRE_REDIS=1 but %s not on PATH "+
+			"(Debian/Ubuntu: apt-get install redis-server, or redis-tools for redis-cli alone)", list)
 	}
-	tb.Skip("skipped: no redis-server on PATH (set REQUIRE_REDIS=1 to make this a failure)")
+	tb.Skipf("skipped: no %s on PATH (set REQUIRE_REDIS=1 to make this a failure)", list)
+}
+
+// missingTools returns those of tools that are not on PATH.
+func missingTools(tools ...string) []string {
+	var missing []string
+	for _, t := range tools {
+		if _, err := exec.LookPath(t); err != nil {
+			missing = append(missing, t)
+		}
+	}
+	return missing
+}
+
+// errMissing returns an error naming those of tools that are not on PATH,
+// or nil: what the helpers without a testing.TB return.
+func errMissing(tools ...string) error {
+	if missing := missingTools(tools...); len(missing) > 0 {
+		return fmt.Errorf("redistest: %s not on PATH", strings.Join(missing, " and "))
+	}
+	return nil
 }
 
 // required reports whether REQUIRE_REDIS=1 makes a missing redis-server a
@@ -162,8 +207,8 @@ func Start(tb testing.TB) *Server {
 // StartProcess is Start for code without a testing.TB (a benchmark driver).
 // The caller must call Stop.
 func StartProcess() (*Server, error) {
-	if !Available() {
-		return nil, fmt.Errorf("redistest: redis-server is not on PATH")
+	if err := errMissing(serverTool); err != nil {
+		return nil, err
 	}
 	dir, err := os.MkdirTemp("", "redistest-")
 	if err != nil {
@@ -211,6 +256,9 @@ func start(dir string, extra ...string) (*Server, error) {
 	return startOn(dir, strconv.Itoa(port), extra...)
 }
 
+// startOn starts a redis-server in dir on port, with the defaults of every
+// server (loopback only, persistence off) and extra appended to its command
+// line.
 func startOn(dir, port string, extra ...string) (*Server, error) {
 	args := append([]string{
 		"--port", port,
@@ -220,7 +268,18 @@ func startOn(dir, port string, extra ...string) (*Server, error) {
 		"--dir", dir,
 		"--protected-mode", "yes",
 	}, extra...)
-	cmd := exec.Command("redis-server", args...)
+	s, err := spawn(port, args...)
+	if err != nil {
+		return nil, err
+	}
+	s.dir, s.extra = dir, extra
+	return s, nil
+}
+
+// spawn runs redis-server with args, which make it listen on 127.0.0.1:port,
+// and returns once it answers PING. The process is killed if this one dies.
+func spawn(port string, args ...string) (*Server, error) {
+	cmd := exec.Command(serverTool, args...)
 	cmd.SysProcAttr = DieWithParent()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -230,19 +289,15 @@ func startOn(dir, port string, extra ...string) (*Server, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	s := &Server{Addr: net.JoinHostPort("127.0.0.1", port), cmd: cmd, dir: dir, extra: extra}
+	s := &Server{Addr: net.JoinHostPort("127.0.0.1", port), cmd: cmd, log: &logRing{}}
 	// Keep the pipe drained; remember the log tail for error reports.
-	logTail := make(chan string, 1)
+	drained := make(chan struct{})
 	go func() {
-		var lines []string
+		defer close(drained)
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			lines = append(lines, sc.Text())
-			if len(lines) > 20 {
-				lines = lines[1:]
-			}
+			s.log.add(sc.Text())
 		}
-		logTail <- strings.Join(lines, "\n")
 	}()
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -260,7 +315,8 @@ func startOn(dir, port string, extra ...string) (*Server, error) {
 		}
 		select {
 		case werr := <-exited:
-			return nil, fmt.Errorf("redis-server exited early (%v): %s", werr, <-logTail)
+			<-drained
+			return nil, fmt.Errorf("redis-server exited early (%v): %s", werr, s.log)
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -268,5 +324,52 @@ func startOn(dir, port string, extra ...string) (*Server, error) {
 			return nil, fmt.Errorf("redis-server on %s did not answer: %v", s.Addr, err)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// logLines is how many of a server's last log lines a logRing keeps.
+const logLines = 20
+
+// logRing keeps the last logLines lines a server wrote, for error reports.
+// It is safe for concurrent use.
+type logRing struct {
+	mu    sync.Mutex
+	lines []string // guarded by mu
+}
+
+// add appends line, dropping the oldest beyond logLines.
+func (r *logRing) add(line string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lines = append(r.lines, line)
+	if len(r.lines) > logLines {
+		r.lines = r.lines[1:]
+	}
+}
+
+// String returns the lines kept, one per line.
+func (r *logRing) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.lines, "\n")
+}
+
+// pollInterval is how often the helpers ask the servers whether what they
+// wait for has happened.
+const pollInterval = 50 * time.Millisecond
+
+// wait calls check until it returns nil, and returns ctx's error with
+// check's last error if ctx ends first.
+func wait(ctx context.Context, check func() error) error {
+	for {
+		err := check()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w; last: %w", ctx.Err(), err)
+		case <-time.After(pollInterval):
+		}
 	}
 }
