@@ -112,7 +112,15 @@ func serveNode(ctx context.Context, nc nodeConfig, ready io.Writer) error {
 		return fmt.Errorf("cache not ready: %w", err)
 	}
 
-	n := &node{name: nc.Name, cat: cat, cache: cache, bus: bus, web: &httpRoutes{cat: cat, cache: webCache}}
+	// GET /metrics (metrics.go); shut down on every return, and with an
+	// error the node reports on a normal stop.
+	metrics, err := startMetrics(nc.Name, bus, namedSource{nc.Namespace, cache}, namedSource{httpNamespace(nc.Namespace), webCache})
+	if err != nil {
+		return err
+	}
+	defer metrics.shutdown(context.Background())
+
+	n := &node{name: nc.Name, cat: cat, cache: cache, bus: bus, metrics: metrics.handler, web: &httpRoutes{cat: cat, cache: webCache}}
 	n.loader = tiered.LoaderFunc[Product](n.load)
 	handler, err := n.routes()
 	if err != nil {
@@ -136,17 +144,18 @@ func serveNode(ctx context.Context, nc nodeConfig, ready io.Writer) error {
 	defer scancel()
 	err = srv.Shutdown(sctx)
 	<-served
-	return err
+	return errors.Join(err, metrics.shutdown(sctx))
 }
 
 // node is the HTTP API of one node over its cache and the database.
 type node struct {
-	name   string
-	cat    *catalog
-	cache  *tiered.Cache[Product]
-	bus    *pubsub.Bus
-	loader tiered.Loader[Product]
-	web    *httpRoutes // the cached JSON endpoints
+	name    string
+	cat     *catalog
+	cache   *tiered.Cache[Product]
+	bus     *pubsub.Bus
+	loader  tiered.Loader[Product]
+	metrics http.Handler // GET /metrics
+	web     *httpRoutes  // the cached JSON endpoints
 
 	gets         atomic.Uint64 // GET /products/{id}
 	puts         atomic.Uint64 // PUT /products/{id}
@@ -187,6 +196,7 @@ func (n *node) routes() (http.Handler, error) {
 	mux.HandleFunc("GET /products/{id}", n.getProduct)
 	mux.HandleFunc("PUT /products/{id}", n.putProduct)
 	mux.HandleFunc("GET /stats", n.stats)
+	mux.Handle("GET /metrics", n.metrics)
 	if err := n.web.mount(mux); err != nil {
 		return nil, err
 	}
