@@ -202,6 +202,8 @@ func runCluster(t *testing.T, cfg config) string {
 	if m := httpProbeLine.FindStringSubmatch(text); m == nil || m[1] == "0" {
 		t.Errorf("no (write, other node) pair was probed through HTTP: %q", m)
 	}
+	// The driver scraped node1's /metrics and found what /stats says.
+	checkMetricsLine(t, text)
 
 	// No node outlived the run, and the temporary directory is gone.
 	for _, pid := range nodePIDs(text) {

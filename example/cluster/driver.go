@@ -34,6 +34,7 @@ type driver struct {
 	redis   *redisServer
 	http    *http.Client
 	start   time.Time // of the load phase, for the times printed
+	ns      string    // the nodes' product cache namespace, a label in /metrics
 
 	acks        ackLog
 	inflight    sync.WaitGroup // running writes
@@ -57,9 +58,9 @@ type driver struct {
 	maxQueuedAt    time.Time     // when that read started
 }
 
-func newDriver(cfg config, out *printer, nodes []*nodeProc, proxies []nodeProxies, cat *catalog, rs *redisServer) *driver {
+func newDriver(cfg config, out *printer, nodes []*nodeProc, proxies []nodeProxies, cat *catalog, rs *redisServer, ns string) *driver {
 	return &driver{
-		cfg: cfg, out: out, nodes: nodes, proxies: proxies, cat: cat, redis: rs,
+		cfg: cfg, out: out, nodes: nodes, proxies: proxies, cat: cat, redis: rs, ns: ns,
 		http: &http.Client{
 			// Above the longest a read may wait for a lease left behind by
 			// a Redis outage (LeaseTTL).
@@ -145,6 +146,7 @@ func (d *driver) run(ctx context.Context) (summary, error) {
 		"(%d more after queued writes: max %s); %d never did",
 		n, ms(q[0]), ms(q[1]), ms(q[2]), nq, ms(qq[0]), d.unconverged.Load())
 	d.reportHTTP(final)
+	d.reportMetrics(ctx, final)
 	if !d.cfg.Quiet {
 		d.out.printf("")
 		d.out.printf("load phase totals (%v):", elapsed.Round(time.Millisecond))

@@ -45,9 +45,7 @@ type httpRoutes struct {
 // node's Redis client and bus, with the product cache's settings.
 func newHTTPCache(rdb *redis.Client, bus *pubsub.Bus, ns string, logger *slog.Logger) (*tiered.Cache[*httpcache.Response], error) {
 	return httpcache.NewCache(rdb, &tiered.Options{
-		// Not ns + ":…": a Clear (or the purge InvalidateTags falls back
-		// to) of namespace N deletes the Redis keys "N:*".
-		Namespace:   ns + "-http",
+		Namespace:   httpNamespace(ns),
 		TTL:         cacheTTL,
 		LeaseTTL:    leaseTTL,
 		LoadTimeout: loadTimeout,
@@ -55,6 +53,11 @@ func newHTTPCache(rdb *redis.Client, bus *pubsub.Bus, ns string, logger *slog.Lo
 		Logger:      logger,
 	})
 }
+
+// httpNamespace is the namespace of the response cache of a node whose
+// product cache has namespace ns. Not ns + ":…": a Clear (or the purge
+// InvalidateTags falls back to) of namespace N deletes the Redis keys "N:*".
+func httpNamespace(ns string) string { return ns + "-http" }
 
 // identity is the PerIdentity function of /http/me/: the session cookie.
 // The handler reads the caller the same way, from the request it is given.

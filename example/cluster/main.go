@@ -9,6 +9,8 @@
 //	GET /products/{id}   the product, through the cache (404 if absent)
 //	PUT /products/{id}   {"price": cents}: update the row, then invalidate
 //	GET /stats           the node's counters, as JSON
+//	GET /metrics         the same through OpenTelemetry, in the Prometheus
+//	                     text format (metrics.go)
 //	GET /http/...        cached JSON endpoints, public and per identity,
 //	                     through the tiered/httpcache middleware (http.go)
 //
@@ -246,7 +248,7 @@ func run(ctx context.Context, cfg config, out io.Writer) (summary, error) {
 	pr.printf("  cache: TTL %v, negative TTL %v, lease TTL %v; tiered defaults otherwise (L1TTL = TTL)",
 		cacheTTL, negativeTTL, leaseTTL)
 
-	d := newDriver(cfg, pr, nodes, proxies, cat, rs)
+	d := newDriver(cfg, pr, nodes, proxies, cat, rs, ns)
 	defer d.close()
 	return d.run(ctx)
 }

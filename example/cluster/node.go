@@ -23,16 +23,6 @@ import (
 	"github.com/tieredcache/tiered/tiered"
 )
 
-// The parent tells a re-executed binary that it is a node, and how to set
-// itself up, through these environment variables; a node takes no flags.
-const (
-	envNode      = "TIERED_EXAMPLE_NODE"      // the node's name; its presence makes the process a node
-	envRedis     = "TIERED_EXAMPLE_REDIS"     // host:port of Redis for the cache
-	envBusRedis  = "TIERED_EXAMPLE_BUS_REDIS" // host:port of Redis for the invalidation bus
-	envDB        = "TIERED_EXAMPLE_DB"        // path of the SQLite file
-	envNamespace = "TIERED_EXAMPLE_NAMESPACE" // cache namespace; also names the bus channel
-)
-
 // Cache settings of every node. The TTLs are short so that Redis entries
 // really expire during a run; the lease outlives a SQLite read by far.
 const (
@@ -41,35 +31,6 @@ const (
 	leaseTTL    = 2 * time.Second
 	loadTimeout = time.Second
 )
-
-// nodeConfig is what a node reads from its environment.
-type nodeConfig struct {
-	Name      string
-	RedisAddr string // the cache's client
-	BusAddr   string // the bus's client; the same server, maybe through another proxy
-	DBPath    string
-	Namespace string
-}
-
-func nodeConfigFromEnv() nodeConfig {
-	return nodeConfig{
-		Name:      os.Getenv(envNode),
-		RedisAddr: os.Getenv(envRedis),
-		BusAddr:   os.Getenv(envBusRedis),
-		DBPath:    os.Getenv(envDB),
-		Namespace: os.Getenv(envNamespace),
-	}
-}
-
-func (nc nodeConfig) environ() []string {
-	return []string{
-		envNode + "=" + nc.Name,
-		envRedis + "=" + nc.RedisAddr,
-		envBusRedis + "=" + nc.BusAddr,
-		envDB + "=" + nc.DBPath,
-		envNamespace + "=" + nc.Namespace,
-	}
-}
 
 // nodeMain is main for a node process. The node serves until SIGINT or
 // SIGTERM, or until its standard input, a pipe from the parent, reaches EOF:
@@ -151,7 +112,15 @@ func serveNode(ctx context.Context, nc nodeConfig, ready io.Writer) error {
 		return fmt.Errorf("cache not ready: %w", err)
 	}
 
-	n := &node{name: nc.Name, cat: cat, cache: cache, bus: bus, web: &httpRoutes{cat: cat, cache: webCache}}
+	// GET /metrics (metrics.go); shut down on every return, and with an
+	// error the node reports on a normal stop.
+	metrics, err := startMetrics(nc.Name, bus, namedSource{nc.Namespace, cache}, namedSource{httpNamespace(nc.Namespace), webCache})
+	if err != nil {
+		return err
+	}
+	defer metrics.shutdown(context.Background())
+
+	n := &node{name: nc.Name, cat: cat, cache: cache, bus: bus, metrics: metrics.handler, web: &httpRoutes{cat: cat, cache: webCache}}
 	n.loader = tiered.LoaderFunc[Product](n.load)
 	handler, err := n.routes()
 	if err != nil {
@@ -175,17 +144,18 @@ func serveNode(ctx context.Context, nc nodeConfig, ready io.Writer) error {
 	defer scancel()
 	err = srv.Shutdown(sctx)
 	<-served
-	return err
+	return errors.Join(err, metrics.shutdown(sctx))
 }
 
 // node is the HTTP API of one node over its cache and the database.
 type node struct {
-	name   string
-	cat    *catalog
-	cache  *tiered.Cache[Product]
-	bus    *pubsub.Bus
-	loader tiered.Loader[Product]
-	web    *httpRoutes // the cached JSON endpoints
+	name    string
+	cat     *catalog
+	cache   *tiered.Cache[Product]
+	bus     *pubsub.Bus
+	loader  tiered.Loader[Product]
+	metrics http.Handler // GET /metrics
+	web     *httpRoutes  // the cached JSON endpoints
 
 	gets         atomic.Uint64 // GET /products/{id}
 	puts         atomic.Uint64 // PUT /products/{id}
@@ -226,6 +196,7 @@ func (n *node) routes() (http.Handler, error) {
 	mux.HandleFunc("GET /products/{id}", n.getProduct)
 	mux.HandleFunc("PUT /products/{id}", n.putProduct)
 	mux.HandleFunc("GET /stats", n.stats)
+	mux.Handle("GET /metrics", n.metrics)
 	if err := n.web.mount(mux); err != nil {
 		return nil, err
 	}

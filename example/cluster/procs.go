@@ -16,6 +16,45 @@ const (
 	nodeStopTimeout  = 5 * time.Second
 )
 
+// The parent tells a re-executed binary that it is a node, and how to set
+// itself up, through these environment variables; a node takes no flags.
+const (
+	envNode      = "TIERED_EXAMPLE_NODE"      // the node's name; its presence makes the process a node
+	envRedis     = "TIERED_EXAMPLE_REDIS"     // host:port of Redis for the cache
+	envBusRedis  = "TIERED_EXAMPLE_BUS_REDIS" // host:port of Redis for the invalidation bus
+	envDB        = "TIERED_EXAMPLE_DB"        // path of the SQLite file
+	envNamespace = "TIERED_EXAMPLE_NAMESPACE" // cache namespace; also names the bus channel
+)
+
+// nodeConfig is what a node reads from its environment.
+type nodeConfig struct {
+	Name      string
+	RedisAddr string // the cache's client
+	BusAddr   string // the bus's client; the same server, maybe through another proxy
+	DBPath    string
+	Namespace string
+}
+
+func nodeConfigFromEnv() nodeConfig {
+	return nodeConfig{
+		Name:      os.Getenv(envNode),
+		RedisAddr: os.Getenv(envRedis),
+		BusAddr:   os.Getenv(envBusRedis),
+		DBPath:    os.Getenv(envDB),
+		Namespace: os.Getenv(envNamespace),
+	}
+}
+
+func (nc nodeConfig) environ() []string {
+	return []string{
+		envNode + "=" + nc.Name,
+		envRedis + "=" + nc.RedisAddr,
+		envBusRedis + "=" + nc.BusAddr,
+		envDB + "=" + nc.DBPath,
+		envNamespace + "=" + nc.Namespace,
+	}
+}
+
 // nodeProc is a running node process.
 type nodeProc struct {
 	name  string
