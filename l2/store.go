@@ -105,7 +105,8 @@ type Store struct {
 	rdb       redis.UniversalClient
 	ns        string
 	opTimeout time.Duration
-	cluster   bool // scripts must not span slots
+	cluster   bool                 // scripts must not span slots
+	cc        *redis.ClusterClient // rdb, when it is one
 }
 
 // New returns a Store over rdb, which may be a single-node, failover or
@@ -124,7 +125,7 @@ func New(rdb redis.UniversalClient, opts *Options) (*Store, error) {
 	if s.opTimeout == 0 {
 		s.opTimeout = DefaultOpTimeout
 	}
-	_, s.cluster = rdb.(*redis.ClusterClient)
+	s.cc, s.cluster = rdb.(*redis.ClusterClient)
 	return s, nil
 }
 
@@ -135,7 +136,19 @@ func nsOf(o *Options) string {
 	return o.Namespace
 }
 
+// unavailable wraps err, the failure of op, in ErrUnavailable, and in
+// ErrRejected too when retrying cannot cure it.
+//
+// On a Cluster client, every failure but a cancelled call also asks go-redis
+// to reload the slot map. go-redis reloads it by itself on MOVED, ASK and
+// READONLY replies, and otherwise every ClusterStateReloadInterval (60 s by
+// default): a master that was SIGKILLed answers nothing, so without this
+// the client would keep dialling it for up to a minute after its replica
+// took over. go-redis runs at most one reload per 200 ms.
 func (s *Store) unavailable(op string, err error) error {
+	if s.cc != nil && !errors.Is(err, context.Canceled) {
+		s.cc.ReloadState(context.Background())
+	}
 	if permanent(err) {
 		return fmt.Errorf("%w: %w: %s: %w", ErrUnavailable, ErrRejected, op, err)
 	}

@@ -508,9 +508,10 @@ func (b *Bus) run(ctx context.Context) {
 			return
 		}
 		b.log.Log(slog.LevelWarn, "pubsub: subscription lost, reconnecting", err, slog.String("channel", b.o.Channel))
-		if b.sharded {
-			// The shard may have failed over or moved: let the client
-			// fetch the slot map again before the next session asks it.
+		if b.cluster != nil {
+			// A master may have failed over, or a slot moved: have the
+			// client fetch the slot map again before the next session
+			// routes by it (go-redis does not on a refused dial).
 			b.cluster.ReloadState(ctx)
 		}
 		backoff.wait(ctx)

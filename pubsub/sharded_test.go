@@ -42,10 +42,10 @@ func TestModeOptions(t *testing.T) {
 // to another master (Redis SUNSUBSCRIBEs its channel) it reports a gap,
 // resets its handlers and follows the slot to its new master.
 func TestSharded(t *testing.T) {
-	cl := redistest.StartCluster(t, 3)
+	cl := redistest.StartCluster(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*waitTimeout)
 	defer cancel()
-	rdb := cl.Client(t)
+	rdb := cl.Client(t, nil)
 	b, err := New(rdb, &Options{Channel: "sh"})
 	if err != nil {
 		t.Fatal(err)
