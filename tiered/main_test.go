@@ -20,6 +20,7 @@ func TestMain(m *testing.M) {
 		// This process is a fleet node started by a test: see process_test.go.
 		os.Exit(runChildNode(addr))
 	}
+	redistest.QuietLogs() // failover tests make go-redis log every refused dial
 	leakcheck.Main(m)
 }
 
