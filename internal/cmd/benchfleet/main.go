@@ -103,6 +103,7 @@ type config struct {
 	faultReaders  []string        // reader modes of the fault runs, one run each
 	pace          time.Duration   // pause before each read of a paced fault reader
 	silenceResume bool            // end the silent subscriber's silence with Resume, not a cut
+	cluster       bool            // stampede and invalidate on a local Cluster, each bus mode (cluster.go)
 }
 
 // workloadNames are the workloads, in the order they run.
@@ -149,6 +150,7 @@ func main() {
 	faultReaders := flag.String("faultreaders", strings.Join(readerModes, ","), "comma-separated reader modes of the faults workload, one run and one line each: paced (a -pace pause before each read), flat (no pause)")
 	flag.DurationVar(&cfg.pace, "pace", 100*time.Microsecond, "pause before each read of a paced fault reader")
 	flag.BoolVar(&cfg.silenceResume, "silenceresume", false, "end the silence of the faults workload's silent subscriber by forwarding its connections again, with the bytes dropped meanwhile missing (a stream TCP never delivers), instead of cutting them")
+	flag.BoolVar(&cfg.cluster, "cluster", false, "run stampede and invalidate on a local Redis Cluster (3 masters, 3 replicas; needs redis-cli), once with the classic and once with the sharded bus, each followed by a busfanout line")
 	flag.Parse()
 	err := cfg.parseLists(*workloads, *faultReaders)
 	if err == nil {
@@ -213,7 +215,7 @@ type Item struct {
 // node is one member of the fleet. Nodes share nothing but the Redis server.
 type node struct {
 	id         int
-	rdb        *redis.Client
+	rdb        redis.UniversalClient
 	bus        *pubsub.Bus
 	cache      *tiered.Cache[Item]
 	arr        *arrivals
@@ -290,14 +292,10 @@ func (n *node) close() {
 
 const namespace = "bench"
 
-func newClient(addr string) *redis.Client {
-	return redis.NewClient(&redis.Options{Addr: addr, DialTimeout: time.Second})
-}
-
-func newNode(ctx context.Context, id int, addr string, cfg config) (*node, error) {
-	n := &node{id: id, rdb: newClient(addr), arr: newArrivals()}
+func newNode(ctx context.Context, id int, tg target, cfg config) (*node, error) {
+	n := &node{id: id, rdb: tg.client(), arr: newArrivals()}
 	var err error
-	if n.bus, err = pubsub.New(n.rdb, nil); err != nil {
+	if n.bus, err = pubsub.New(n.rdb, &pubsub.Options{Mode: tg.mode}); err != nil {
 		n.close()
 		return nil, err
 	}
@@ -350,15 +348,23 @@ func run(ctx context.Context, cfg config) error {
 }
 
 // runFleet runs the stampede and invalidate workloads, those of them that
-// cfg selects, on one fleet of nodes over one redis-server.
+// cfg selects, on one fleet of nodes over one redis-server; with -cluster,
+// on a local Cluster instead, once with each bus mode.
 func runFleet(ctx context.Context, cfg config) error {
+	if cfg.cluster {
+		return runClusterFleets(ctx, cfg)
+	}
 	srv, err := redistest.StartProcess()
 	if err != nil {
 		return fmt.Errorf("starting redis-server: %w", err)
 	}
 	defer srv.Stop()
 	fmt.Fprintf(os.Stderr, "benchfleet: redis-server on %s, GOMAXPROCS=%d\n", srv.Addr, runtime.GOMAXPROCS(0))
+	return runFleetOn(ctx, cfg, target{addrs: []string{srv.Addr}})
+}
 
+// runFleetOn runs the stampede and invalidate workloads on tg.
+func runFleetOn(ctx context.Context, cfg config, tg target) error {
 	nodes := make([]*node, 0, cfg.nodes)
 	defer func() {
 		for _, n := range nodes {
@@ -366,7 +372,7 @@ func runFleet(ctx context.Context, cfg config) error {
 		}
 	}()
 	for i := range cfg.nodes {
-		n, err := newNode(ctx, i, srv.Addr, cfg)
+		n, err := newNode(ctx, i, tg, cfg)
 		if err != nil {
 			return err
 		}
@@ -390,19 +396,19 @@ func runFleet(ctx context.Context, cfg config) error {
 			return fmt.Errorf("stampede: %w", err)
 		}
 		st = &r
-		fmt.Printf("workload=stampede nodes=%d callers=%d keys=%d warmup_keys=%d loader_ms=%s loads_per_key_mean=%.2f loads_per_key_max=%d follower_p50_ms=%.2f follower_p99_ms=%.2f\n",
-			cfg.nodes, cfg.nodes*cfg.callers, cfg.keys, cfg.warmup, strconv.FormatFloat(msf(cfg.loader), 'f', -1, 64),
+		fmt.Printf("workload=stampede%s nodes=%d callers=%d keys=%d warmup_keys=%d loader_ms=%s loads_per_key_mean=%.2f loads_per_key_max=%d follower_p50_ms=%.2f follower_p99_ms=%.2f\n",
+			tg.fields(), cfg.nodes, cfg.nodes*cfg.callers, cfg.keys, cfg.warmup, strconv.FormatFloat(msf(cfg.loader), 'f', -1, 64),
 			st.loadsMean, st.loadsMax, msf(st.followerP50), msf(st.followerP99))
 	}
 
 	if cfg.workloads["invalidate"] {
-		r, err := invalidate(ctx, cfg, nodes, srv.Addr)
+		r, err := invalidate(ctx, cfg, nodes, tg)
 		if err != nil {
 			return fmt.Errorf("invalidate: %w", err)
 		}
 		inv = &r
-		fmt.Printf("workload=invalidate nodes=%d trials=%d p50_ms=%.2f p99_ms=%.2f max_ms=%.2f stale_after_2s=%d ryw_stale=%d publish_p99_ms=%.2f reload_p99_ms=%.2f\n",
-			cfg.nodes, cfg.trials, msf(inv.p50), msf(inv.p99), msf(inv.max), inv.staleAfter2s, inv.rywStale, msf(inv.publishP99), msf(inv.reloadP99))
+		fmt.Printf("workload=invalidate%s nodes=%d trials=%d p50_ms=%.2f p99_ms=%.2f max_ms=%.2f stale_after_2s=%d ryw_stale=%d publish_p99_ms=%.2f reload_p99_ms=%.2f\n",
+			tg.fields(), cfg.nodes, cfg.trials, msf(inv.p50), msf(inv.p99), msf(inv.max), inv.staleAfter2s, inv.rywStale, msf(inv.publishP99), msf(inv.reloadP99))
 	}
 
 	report(cfg, st, inv, nodes)
@@ -724,9 +730,9 @@ type invalidateResult struct {
 // After the last trial it waits until staleWindow has passed since the last
 // Delete and reads every trial key on every node once more: any old version
 // then is counted in stale_after_2s too (a late stale fill of L1 or Redis).
-func invalidate(ctx context.Context, cfg config, nodes []*node, addr string) (invalidateResult, error) {
+func invalidate(ctx context.Context, cfg config, nodes []*node, tg target) (invalidateResult, error) {
 	src := &source{versions: map[string]int64{}}
-	probe, err := newPublishProbe(ctx, addr)
+	probe, err := newPublishProbe(ctx, tg)
 	if err != nil {
 		return invalidateResult{}, err
 	}
@@ -1015,7 +1021,7 @@ func warmL1(ctx context.Context, n *node, key string, src *source) error {
 // of its own, with its own publisher and subscriber clients, and the PING
 // round trip.
 type publishProbe struct {
-	pub, sub *redis.Client
+	pub, sub redis.UniversalClient
 	ps       *redis.PubSub
 	recv     chan received
 	seq      int
@@ -1028,8 +1034,8 @@ type received struct {
 
 const probeChannel = "benchfleet:probe"
 
-func newPublishProbe(ctx context.Context, addr string) (*publishProbe, error) {
-	p := &publishProbe{pub: newClient(addr), sub: newClient(addr), recv: make(chan received, 1)}
+func newPublishProbe(ctx context.Context, tg target) (*publishProbe, error) {
+	p := &publishProbe{pub: tg.client(), sub: tg.client(), recv: make(chan received, 1)}
 	p.ps = p.sub.Subscribe(ctx, probeChannel)
 	// Receive returns the subscription confirmation first.
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
