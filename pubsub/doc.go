@@ -29,6 +29,15 @@
 // whether that proof is at most MaxStaleness old, and caches serve from L1
 // only while it does.
 //
+// # Classic and sharded
+//
+// On a Redis Cluster the bus uses sharded pub/sub by default ([ModeAuto]):
+// writers SPUBLISH on the channel of their key's hash slot, and the bus
+// holds one connection per master, subscribed to the channels of the slots
+// that master serves. A session is then the set of those connections: it
+// is healthy when all have confirmed, proven to the oldest of their PONGs,
+// and lost as a whole when one fails or a slot moves (session.go).
+//
 // # The outbox
 //
 // A write whose Redis call failed queues its keys' invalidation with
