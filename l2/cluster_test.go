@@ -78,6 +78,10 @@ func TestCluster(t *testing.T) {
 		clusterSharded(t, rdb)
 	})
 
+	t.Run("CheckShards", func(t *testing.T) {
+		clusterCheckShards(t, rdb)
+	})
+
 	t.Run("Batch", func(t *testing.T) {
 		clusterBatch(t, cl)
 	})

@@ -54,19 +54,28 @@ func (s *Store) runMarkerKey() string { return s.ns + ":run_id" }
 // how such a restart shows. A missing marker (a new namespace, a server
 // that came back empty) is set without a purge.
 func (s *Store) CheckRun(ctx context.Context, runID string) (purged bool, err error) {
+	return s.checkMarker(ctx, s.runMarkerKey(), runID, func(ctx context.Context) error {
+		return s.Purge(ctx, Announce{})
+	})
+}
+
+// checkMarker compares the run marker under key with runID, and when it
+// holds another run ID calls purge, then sets the marker to runID. A
+// missing marker is set without a purge. changed reports a purge.
+func (s *Store) checkMarker(ctx context.Context, key, runID string, purge func(context.Context) error) (changed bool, err error) {
 	cctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
-	got, err := s.rdb.Get(cctx, s.runMarkerKey()).Result()
+	got, err := s.rdb.Get(cctx, key).Result()
 	if errors.Is(err, redis.Nil) {
 		// Set it, unless another node just did: then compare with that.
 		var set bool
-		if set, err = s.rdb.SetNX(cctx, s.runMarkerKey(), runID, 0).Result(); err != nil {
+		if set, err = s.rdb.SetNX(cctx, key, runID, 0).Result(); err != nil {
 			return false, s.unavailable("SETNX run marker", err)
 		}
 		if set {
 			return false, nil
 		}
-		got, err = s.rdb.Get(cctx, s.runMarkerKey()).Result()
+		got, err = s.rdb.Get(cctx, key).Result()
 	}
 	if err != nil {
 		return false, s.unavailable("GET run marker", err)
@@ -74,12 +83,12 @@ func (s *Store) CheckRun(ctx context.Context, runID string) (purged bool, err er
 	if got == runID {
 		return false, nil
 	}
-	if err := s.Purge(ctx, Announce{}); err != nil {
+	if err := purge(ctx); err != nil {
 		return false, err
 	}
 	cctx, cancel = context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
-	if err := s.rdb.Set(cctx, s.runMarkerKey(), runID, 0).Err(); err != nil {
+	if err := s.rdb.Set(cctx, key, runID, 0).Err(); err != nil {
 		return true, s.unavailable("SET run marker", err)
 	}
 	return true, nil
@@ -104,32 +113,96 @@ func (s *Store) Purge(ctx context.Context, ann Announce) error {
 	return s.publish(cctx, ann, s.runMarkerKey())
 }
 
-// unlinkAll deletes the keys that match pattern on every master. On a
+// unlinkAll deletes the keys that match pattern on every master.
+func (s *Store) unlinkAll(ctx context.Context, pattern string) error {
+	if s.cc != nil {
+		return s.cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			return s.unlinkOn(ctx, c, pattern)
+		})
+	}
+	return s.unlinkOn(ctx, s.rdb, pattern)
+}
+
+// unlinkOn deletes the keys that match pattern on the server of c. On a
 // Cluster, where even one node rejects a command whose keys span slots, the
 // keys a SCAN returns are unlinked one UNLINK per slot, in a pipeline of
 // the Cluster client (which follows a slot that has just moved).
-func (s *Store) unlinkAll(ctx context.Context, pattern string) error {
-	scan := func(ctx context.Context, c redis.Cmdable) error {
-		var cursor uint64
-		for {
-			cctx, cancel := context.WithTimeout(ctx, s.opTimeout)
-			keys, next, err := c.Scan(cctx, cursor, pattern, 1000).Result()
-			if err == nil && len(keys) > 0 {
-				err = s.unlink(cctx, keys)
-			}
-			cancel()
-			if err != nil {
-				return s.unavailable("purge", err)
-			}
-			if cursor = next; cursor == 0 {
-				return nil
-			}
+func (s *Store) unlinkOn(ctx context.Context, c redis.Cmdable, pattern string) error {
+	var cursor uint64
+	for {
+		cctx, cancel := context.WithTimeout(ctx, s.opTimeout)
+		keys, next, err := c.Scan(cctx, cursor, pattern, 1000).Result()
+		if err == nil && len(keys) > 0 {
+			err = s.unlink(cctx, keys)
+		}
+		cancel()
+		if err != nil {
+			return s.unavailable("purge", err)
+		}
+		if cursor = next; cursor == 0 {
+			return nil
 		}
 	}
-	if cc, ok := s.rdb.(*redis.ClusterClient); ok {
-		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
+}
+
+// CheckShards is [Store.CheckRun] for a Cluster, where each master has a
+// run ID of its own: it keeps one run marker per master, in the first
+// slot the master serves (ns:run_id{<tag>}, see hashslot.Channel), and
+// purges the namespace's keys on each master whose marker holds another
+// run ID. A replica promoted by a failover holds the marker it replicated
+// from the master it replaces, with that master's run ID, so the
+// namespace's keys it serves are purged: a Delete the dead master had
+// acknowledged but not yet replicated cannot leave the old value behind.
+// A marker moved with its slot to another master purges that master's
+// keys too, needlessly but safely. It reports how many masters it purged;
+// off a Cluster it does nothing.
+func (s *Store) CheckShards(ctx context.Context) (purged int, err error) {
+	if s.cc == nil {
+		return 0, nil
 	}
-	return scan(ctx, s.rdb)
+	// The first slot of each master, as the client routes them.
+	type shard struct {
+		c    *redis.Client
+		slot int
+	}
+	var shards []shard
+	seen := make(map[*redis.Client]bool)
+	for slot := range hashslot.Count {
+		c, err := s.cc.MasterForKey(ctx, s.shardMarkerKey(slot))
+		if err != nil {
+			return purged, s.unavailable("slot map", err)
+		}
+		if !seen[c] {
+			seen[c] = true
+			shards = append(shards, shard{c, slot})
+		}
+	}
+	for _, sh := range shards {
+		runID, err := s.runIDOf(ctx, sh.c)
+		if err != nil || runID == "" {
+			return purged, err
+		}
+		changed, err := s.checkMarker(ctx, s.shardMarkerKey(sh.slot), runID, func(ctx context.Context) error {
+			for _, pattern := range []string{globEscape(s.ns) + ":*:lease", globEscape(s.ns) + ":*"} {
+				if err := s.unlinkOn(ctx, sh.c, pattern); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if changed {
+			purged++
+		}
+		if err != nil {
+			return purged, err
+		}
+	}
+	return purged, nil
+}
+
+// shardMarkerKey is the run marker of the master that serves slot.
+func (s *Store) shardMarkerKey(slot int) string {
+	return hashslot.Channel(s.ns+":run_id", slot)
 }
 
 // unlink deletes keys, one UNLINK per slot on a Cluster.
@@ -181,14 +254,20 @@ func (s *Store) Persistence(ctx context.Context) string {
 
 // RunID returns the run_id of the server the client reaches now (INFO
 // server), or "" when it reports none (miniredis, a server that refuses
-// INFO) or the client is a Cluster client (one run ID per shard).
+// INFO) or the client is a Cluster client (one run ID per master: see
+// [Store.CheckShards]).
 func (s *Store) RunID(ctx context.Context) (string, error) {
 	if s.cluster {
 		return "", nil
 	}
+	return s.runIDOf(ctx, s.rdb)
+}
+
+// runIDOf returns the run_id of c's server; see RunID.
+func (s *Store) runIDOf(ctx context.Context, c redis.Cmdable) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opTimeout)
 	defer cancel()
-	info, err := s.rdb.Info(ctx, "server").Result()
+	info, err := c.Info(ctx, "server").Result()
 	if err != nil {
 		if errors.As(err, new(redis.Error)) {
 			return "", nil

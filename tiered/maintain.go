@@ -23,8 +23,10 @@ import (
 // (l2.Store.CheckRun): a different run ID means the server changed since
 // the namespace was last checked, and the namespace is purged. A missing
 // marker (a new namespace, or a server that came back empty) is just set.
-// Servers that report no run_id (miniredis, and Cluster clients, which have
-// one per shard) are not checked.
+// On a Cluster every master has a run ID and a marker of its own, in a slot
+// it serves (l2.Store.CheckShards), and a master that changed (a replica
+// promoted by a failover) has its part of the namespace purged. Servers
+// that report no run_id (miniredis) are not checked.
 //
 // Why new connections too: after a restart every connection is new, and a
 // pool connection can reach the restarted server before the bus goroutine
@@ -119,6 +121,17 @@ func (c *Cache[V]) resync(sess uint64) {
 			c.log.Log(slog.LevelWarn, "tiered: redis server changed since the namespace was last checked (restart with persistence, or failover): namespace purged", nil,
 				slog.String("namespace", c.o.Namespace), slog.String("run_id", runID))
 		}
+	}
+	// On a Cluster, one marker per master (the run ID above is "").
+	n, err := c.l2.CheckShards(ctx)
+	c.l2Done("server check", err)
+	if n > 0 {
+		c.stats.purges.Add(uint64(n))
+		c.log.Log(slog.LevelWarn, "tiered: a Redis Cluster master changed since the namespace was last checked (failover, or restart with persistence): its part of the namespace purged", nil,
+			slog.String("namespace", c.o.Namespace), slog.Int("masters", n))
+	}
+	if err != nil {
+		return
 	}
 	if !c.warned {
 		c.warned = true

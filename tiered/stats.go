@@ -22,7 +22,7 @@ type Stats struct {
 	Resets        uint64 // times L1 was dropped because the bus lost or regained its subscription
 	Queued        uint64 // keys whose invalidation went to the outbox (the write returned ErrQueued or waited for it); Bus().Stats() counts the outbox's deliveries and drops
 	Delivered     uint64 // outbox keys of this cache that the outbox delivered
-	Purges        uint64 // times this cache purged its namespace from Redis (outbox overflow, a server that came back with old data)
+	Purges        uint64 // times this cache purged its namespace from Redis (outbox overflow, a server that came back with old data; on a Cluster, one per master purged)
 	L1Unproven    uint64 // reads that skipped L1 because the bus could not prove it fresh within MaxStaleness
 	BreakerOpens  uint64 // times the breaker opened after consecutive Redis failures
 	BreakerSkips  uint64 // Redis calls skipped because the breaker was open
