@@ -2,7 +2,8 @@
 // and one SQLite database, drives load through it, and reports what happened.
 //
 // The parent process starts Redis (an embedded miniredis, unless -redis names
-// a server or says auto: a redis-server of its own), seeds a SQLite file with
+// a server or says auto: a redis-server of its own, or -cluster asks for a
+// Redis Cluster of its own, see rediscluster.go), seeds a SQLite file with
 // products, and re-executes itself as -nodes node processes. Each node has
 // its own Redis clients, invalidation bus and tiered.Cache, and serves
 //
@@ -83,6 +84,7 @@ type config struct {
 	Nodes       int
 	Duration    time.Duration
 	Redis       string // host:port of a real server; "auto": one the run starts; empty: miniredis
+	Cluster     bool   // a Redis Cluster the run starts, instead of Redis
 	Chaos       bool
 	Bound       time.Duration // after an acknowledged write
 	ErrorBound  time.Duration // after a write answered with its invalidation queued
@@ -130,6 +132,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "number of node processes")
 	fs.StringVar(&cfg.Redis, "redis", "", "`host:port` of a Redis server to use instead of an embedded miniredis, "+
 		"or \"auto\" to start a redis-server (from PATH) for the run")
+	fs.BoolVar(&cfg.Cluster, "cluster", false, "start a Redis Cluster (3 masters, 3 replicas; redis-server and redis-cli "+
+		"from PATH) for the run instead of Redis; the nodes use Cluster clients and sharded pub/sub")
 	fs.BoolVar(&cfg.Chaos, "chaos", false, "inject faults in turn: cut every connection, CLIENT PAUSE ALL, CLIENT PAUSE WRITE, "+
 		"a silent subscriber, and (miniredis: with its data; -redis auto: empty) kill Redis and restart it")
 	fs.DurationVar(&cfg.Bound, "bound", cfg.Bound, "a read starting this long after a write's acknowledgment must not return an older version")
@@ -176,6 +180,10 @@ func (c config) validate() error {
 		return errors.New("-readers, -http-readers and -burst must be positive")
 	case c.WriteRate <= 0 || c.WriteRate > 1000:
 		return errors.New("-writes must be in (0, 1000]")
+	case c.Cluster && c.Redis != "":
+		return errors.New("-cluster starts a Redis Cluster of its own: it cannot be combined with -redis")
+	case c.Cluster && c.Chaos:
+		return errClusterChaos
 	}
 	return nil
 }
@@ -208,7 +216,12 @@ func run(ctx context.Context, cfg config, out io.Writer) (summary, error) {
 		return summary{}, fmt.Errorf("seeding the database: %w", err)
 	}
 
-	rs, err := startRedis(ctx, cfg.Redis, dir)
+	var rs *redisServer
+	if cfg.Cluster {
+		rs, err = startCluster(ctx, dir)
+	} else {
+		rs, err = startRedis(ctx, cfg.Redis, dir)
+	}
 	if err != nil {
 		return summary{}, err
 	}
@@ -220,6 +233,9 @@ func run(ctx context.Context, cfg config, out io.Writer) (summary, error) {
 	ncs := make([]nodeConfig, cfg.Nodes)
 	for i := range ncs {
 		ncs[i] = nodeConfig{Name: fmt.Sprintf("node%d", i+1), RedisAddr: rs.addr, BusAddr: rs.addr, DBPath: dbPath, Namespace: ns}
+		if rs.cluster != nil {
+			ncs[i].ClusterAddrs = rs.cluster.addrs()
+		}
 	}
 	var proxies []nodeProxies
 	if cfg.Chaos {

@@ -65,13 +65,13 @@ func serveNode(ctx context.Context, nc nodeConfig, ready io.Writer) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).
 		With("node", nc.Name)
 	redis.SetLogger(quietRedisLog{})
-	rdb := redis.NewClient(redisOptions(nc.RedisAddr))
+	rdb := nc.redisClient(nc.RedisAddr) // with -cluster, a Cluster client
 	defer rdb.Close()
 	// One bus per process, shared by every cache of the process (here one).
 	// It has a client of its own, so that -chaos can silence the node's
 	// subscription (through a proxy of its own) and nothing else; a service
 	// would usually give the bus the cache's client.
-	busRdb := redis.NewClient(redisOptions(nc.BusAddr))
+	busRdb := nc.redisClient(nc.BusAddr)
 	defer busRdb.Close()
 	bus, err := pubsub.New(busRdb, &pubsub.Options{
 		Channel: nc.Namespace + ":bus",

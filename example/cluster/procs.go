@@ -24,6 +24,10 @@ const (
 	envBusRedis  = "TIERED_EXAMPLE_BUS_REDIS" // host:port of Redis for the invalidation bus
 	envDB        = "TIERED_EXAMPLE_DB"        // path of the SQLite file
 	envNamespace = "TIERED_EXAMPLE_NAMESPACE" // cache namespace; also names the bus channel
+	// With -cluster, every node of the Redis Cluster, comma-separated: the
+	// node then uses Cluster clients seeded with them (rediscluster.go) and
+	// ignores envRedis and envBusRedis.
+	envCluster = "TIERED_EXAMPLE_CLUSTER"
 )
 
 // nodeConfig is what a node reads from its environment.
@@ -33,6 +37,10 @@ type nodeConfig struct {
 	BusAddr   string // the bus's client; the same server, maybe through another proxy
 	DBPath    string
 	Namespace string
+	// ClusterAddrs, with -cluster, are every node of the Redis Cluster: the
+	// node then uses Cluster clients seeded with them instead of RedisAddr
+	// and BusAddr.
+	ClusterAddrs []string
 }
 
 func nodeConfigFromEnv() nodeConfig {
@@ -42,6 +50,8 @@ func nodeConfigFromEnv() nodeConfig {
 		BusAddr:   os.Getenv(envBusRedis),
 		DBPath:    os.Getenv(envDB),
 		Namespace: os.Getenv(envNamespace),
+
+		ClusterAddrs: clusterAddrsFromEnv(),
 	}
 }
 
@@ -52,6 +62,7 @@ func (nc nodeConfig) environ() []string {
 		envBusRedis + "=" + nc.BusAddr,
 		envDB + "=" + nc.DBPath,
 		envNamespace + "=" + nc.Namespace,
+		envCluster + "=" + strings.Join(nc.ClusterAddrs, ","),
 	}
 }
 

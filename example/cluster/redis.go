@@ -24,12 +24,14 @@ import (
 const redisAuto = "auto"
 
 // redisServer is the Redis the nodes share: an embedded miniredis on a free
-// loopback port, a redis-server the run started (-redis auto), or a server
-// named by -redis host:port, which the run only connects to.
+// loopback port, a redis-server the run started (-redis auto), a server
+// named by -redis host:port, which the run only connects to, or a Redis
+// Cluster the run started (-cluster, rediscluster.go).
 type redisServer struct {
-	addr string
-	mr   *miniredis.Miniredis // nil for a real server
-	own  *ownedServer         // nil unless the run started the server
+	addr    string
+	mr      *miniredis.Miniredis // nil for a real server
+	own     *ownedServer         // nil unless the run started the server
+	cluster *clusterServer       // nil unless -cluster; addr is then one of its nodes
 
 	stopClock func() // stops the goroutine that runs miniredis's clock
 }
@@ -95,6 +97,8 @@ func (s *redisServer) String() string {
 		return "miniredis " + s.addr
 	case s.own != nil:
 		return fmt.Sprintf("redis-server %s (started for the run, pid %d, no persistence)", s.addr, s.own.pid())
+	case s.cluster != nil:
+		return s.cluster.String()
 	}
 	return "redis " + s.addr
 }
@@ -227,8 +231,8 @@ func (s *redisServer) kill(ctx context.Context, outage time.Duration) (what stri
 	return fmt.Sprintf("skipped: %s was not started by this run (use -redis auto to include it)", s.addr), nil
 }
 
-// Close stops a miniredis or a redis-server the run started; a server named
-// by -redis host:port is left alone.
+// Close stops a miniredis, or a redis-server or Redis Cluster the run
+// started; a server named by -redis host:port is left alone.
 func (s *redisServer) Close() {
 	switch {
 	case s.mr != nil:
@@ -236,6 +240,8 @@ func (s *redisServer) Close() {
 		s.mr.Close()
 	case s.own != nil:
 		s.own.kill()
+	case s.cluster != nil:
+		s.cluster.Close()
 	}
 }
 
