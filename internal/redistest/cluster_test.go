@@ -3,11 +3,12 @@ package redistest
 import (
 	"context"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/hashslot"
 )
 
 // TestStartCluster: the cluster has the shape asked for, serves every one
@@ -47,7 +48,7 @@ func TestStartCluster(t *testing.T) {
 		// One key per slot, written through the Cluster client.
 		rdb := cl.Client(t, nil)
 		keys := keyPerSlot()
-		for _, i := range []int{0, 1, 5460, 5461, 16383} { // keySlot agrees with the server
+		for _, i := range []int{0, 1, 5460, 5461, 16383} { // hashslot agrees with the server
 			if got, err := rdb.ClusterKeySlot(ctx, keys[i]).Result(); err != nil || int(got) != i {
 				t.Fatalf("CLUSTER KEYSLOT %s = %d, %v; want %d", keys[i], got, err, i)
 			}
@@ -172,29 +173,8 @@ func TestClusterFailover(t *testing.T) {
 // keyPerSlot returns a key of every slot: keys[i] hashes to slot i.
 func keyPerSlot() []string {
 	keys := make([]string, clusterSlots)
-	for left, n := clusterSlots, 0; left > 0; n++ {
-		k := "k" + strconv.Itoa(n)
-		if s := keySlot(k); keys[s] == "" {
-			keys[s] = k
-			left--
-		}
+	for i := range keys {
+		keys[i] = hashslot.Channel("k", i)
 	}
 	return keys
-}
-
-// keySlot is Redis Cluster's slot of a key without a hash tag: CRC16
-// (XMODEM) modulo 16384.
-func keySlot(key string) int {
-	var crc uint16
-	for i := range len(key) {
-		crc ^= uint16(key[i]) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return int(crc) % clusterSlots
 }
