@@ -22,8 +22,9 @@ import (
 // Fault tests: independent nodes on a real redis-server started by the
 // test, and real faults: CLIENT PAUSE, added latency and a silent or cut
 // connection through a loopback proxy (internal/faultproxy), SIGKILL and
-// a restart from an RDB file. The source of truth is memDB, outside Redis,
-// so that the loaders keep working while Redis does not.
+// a restart from an RDB file. Some run on a real Redis Cluster too (see
+// faultTargets). The source of truth is memDB, outside Redis, so that the
+// loaders keep working while Redis does not.
 
 // errorBound is how soon after a write that returned an error (its
 // invalidation queued in the outbox) reads must see it in these tests: the
@@ -136,29 +137,40 @@ type faultNode struct {
 // one: context deadlines honoured on the socket, no retries.
 func faultClient(t *testing.T, addr string) *redis.Client {
 	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond,
-		ReadTimeout: time.Second, ContextTimeoutEnabled: true, PoolSize: 16})
-	t.Cleanup(func() { rdb.Close() })
-	return rdb
+	return faultTarget{addr: addr}.client(t, nil).(*redis.Client)
 }
+
+// faultBusOptions are the bus options of newFaultNode.
+var faultBusOptions = pubsub.Options{HealthInterval: 200 * time.Millisecond}
 
 func newFaultNode(t *testing.T, name, dataAddr, busAddr string, db *memDB, opts Options) *faultNode {
 	t.Helper()
-	return newFaultNodeBus(t, name, dataAddr, busAddr, db, opts, &pubsub.Options{HealthInterval: 200 * time.Millisecond})
+	bo := faultBusOptions
+	return newFaultNodeBus(t, name, dataAddr, busAddr, db, opts, &bo)
 }
 
 func newFaultNodeBus(t *testing.T, name, dataAddr, busAddr string, db *memDB, opts Options, busOpts *pubsub.Options) *faultNode {
 	t.Helper()
-	bus, err := pubsub.New(faultClient(t, busAddr), busOpts)
+	return newFaultNodeOn(t, name, faultClient(t, dataAddr), faultClient(t, busAddr), db, opts, busOpts)
+}
+
+// newFaultNodeOn returns a node whose cache uses data and whose bus uses
+// bus, in namespace "faults" unless opts names one, once it is ready.
+func newFaultNodeOn(t *testing.T, name string, data, busClient redis.UniversalClient, db *memDB, opts Options, busOpts *pubsub.Options) *faultNode {
+	t.Helper()
+	bus, err := pubsub.New(busClient, busOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bus.Close() })
-	opts.Namespace, opts.Bus = "faults", bus
+	opts.Bus = bus
+	if opts.Namespace == "" {
+		opts.Namespace = "faults"
+	}
 	if opts.TTL == 0 {
 		opts.TTL = time.Minute
 	}
-	c, err := New[Product](faultClient(t, dataAddr), &opts)
+	c, err := New[Product](data, &opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,8 +200,183 @@ func proxied(t *testing.T) (*redistest.Server, *faultproxy.Proxy) {
 // their database.
 func faultPair(t *testing.T, addr string) (*memDB, *faultNode, *faultNode) {
 	t.Helper()
+	return faultTarget{addr: addr}.pair(t)
+}
+
+// faultTarget is the Redis of a fault test: a redis-server, or a real
+// Cluster that the subtests of a test share, each in a namespace of its own.
+type faultTarget struct {
+	addr    string             // the redis-server; "" for a cluster
+	cluster *redistest.Cluster // nil for a redis-server
+	ns      string             // the nodes' namespace; "" means "faults"
+}
+
+// namespace returns the namespace of the target's nodes.
+func (ft faultTarget) namespace() string {
+	if ft.ns == "" {
+		return "faults"
+	}
+	return ft.ns
+}
+
+// addrs returns the address of every server of the target.
+func (ft faultTarget) addrs() []string {
+	if ft.cluster != nil {
+		return ft.cluster.Addrs
+	}
+	return []string{ft.addr}
+}
+
+// client returns a client of the target configured as faultClient's, whose
+// connections are dialled by dial (nil for a plain dial), closed when t ends.
+// A Cluster client takes the same settings; it dials every node with dial.
+func (ft faultTarget) client(t *testing.T, dial func(ctx context.Context, network, addr string) (net.Conn, error)) redis.UniversalClient {
+	t.Helper()
+	if ft.cluster != nil {
+		return ft.cluster.Client(t, &redis.ClusterOptions{Dialer: dial, MaxRetries: -1, DialTimeout: 200 * time.Millisecond,
+			ReadTimeout: time.Second, ContextTimeoutEnabled: true, PoolSize: 16})
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: ft.addr, Dialer: dial, MaxRetries: -1, DialTimeout: 200 * time.Millisecond,
+		ReadTimeout: time.Second, ContextTimeoutEnabled: true, PoolSize: 16})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+// masters returns how many masters the target has: 1 for a redis-server.
+func (ft faultTarget) masters(t *testing.T) int {
+	t.Helper()
+	if ft.cluster == nil {
+		return 1
+	}
+	m, err := ft.cluster.Masters(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(m)
+}
+
+// admin returns a client of the target for the test's own commands.
+func (ft faultTarget) admin(t *testing.T) redis.UniversalClient {
+	t.Helper()
+	if ft.cluster != nil {
+		return ft.cluster.Client(t, nil)
+	}
+	return redistest.Client(t, ft.addr)
+}
+
+// node returns a node of the target in its namespace whose cache's
+// connections are dialled by dial (nil for a plain dial) and whose bus
+// connects directly, with newFaultNode's bus options.
+func (ft faultTarget) node(t *testing.T, name string, dial func(ctx context.Context, network, addr string) (net.Conn, error), db *memDB, opts Options) *faultNode {
+	t.Helper()
+	opts.Namespace = ft.namespace()
+	bo := faultBusOptions
+	return newFaultNodeOn(t, name, ft.client(t, dial), ft.client(t, nil), db, opts, &bo)
+}
+
+// pair returns two nodes of the target, A and B, with default options, and
+// their database.
+func (ft faultTarget) pair(t *testing.T) (*memDB, *faultNode, *faultNode) {
+	t.Helper()
 	db := newMemDB()
-	return db, newFaultNode(t, "A", addr, addr, db, Options{}), newFaultNode(t, "B", addr, addr, db, Options{})
+	return db, ft.node(t, "A", nil, db, Options{}), ft.node(t, "B", nil, db, Options{})
+}
+
+// faultTargets runs f in subtests "redis-server/<sub>", each on a
+// redis-server of its own, and "cluster/<sub>", all on one real Redis
+// Cluster (3 masters with a replica each; forming it takes seconds), each
+// in a namespace of its own; with no subs, in "redis-server" and "cluster".
+// The nodes' buses on the cluster use sharded pub/sub (pubsub.ModeAuto).
+func faultTargets(t *testing.T, subs []string, f func(t *testing.T, ft faultTarget, sub string)) {
+	t.Helper()
+	t.Run("redis-server", func(t *testing.T) {
+		if len(subs) == 0 {
+			f(t, faultTarget{addr: redistest.Start(t).Addr}, "")
+		}
+		for _, sub := range subs {
+			t.Run(sub, func(t *testing.T) { f(t, faultTarget{addr: redistest.Start(t).Addr}, sub) })
+		}
+	})
+	t.Run("cluster", func(t *testing.T) {
+		cl := redistest.StartCluster(t, nil)
+		if len(subs) == 0 {
+			f(t, faultTarget{cluster: cl}, "")
+		}
+		for i, sub := range subs {
+			t.Run(sub, func(t *testing.T) { f(t, faultTarget{cluster: cl, ns: fmt.Sprint("faults", i)}, sub) })
+		}
+	})
+}
+
+// proxySet is a faultproxy in front of every server of a target, by the
+// server's address. Its dial, as a client's Dialer, sends the client's
+// connections through them: a Cluster client learns its nodes' addresses
+// from CLUSTER SLOTS, so a proxy cannot stand in for them as a seed.
+type proxySet map[string]*faultproxy.Proxy
+
+func newProxySet(t *testing.T, ft faultTarget) proxySet {
+	t.Helper()
+	ps := make(proxySet)
+	for _, addr := range ft.addrs() {
+		p, err := faultproxy.New(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		ps[addr] = p
+	}
+	return ps
+}
+
+func (ps proxySet) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	p := ps[addr]
+	if p == nil {
+		return nil, fmt.Errorf("proxySet: no proxy in front of %s", addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, p.Addr())
+}
+
+// Silence silences every proxy: see faultproxy.Proxy.Silence.
+func (ps proxySet) Silence() {
+	for _, p := range ps {
+		p.Silence()
+	}
+}
+
+// Resume resumes every proxy: see faultproxy.Proxy.Resume.
+func (ps proxySet) Resume() {
+	for _, p := range ps {
+		p.Resume()
+	}
+}
+
+// Set sets the mode of every proxy: see faultproxy.Proxy.Set.
+func (ps proxySet) Set(m faultproxy.Mode, s faultproxy.Scope) {
+	for _, p := range ps {
+		p.Set(m, s)
+	}
+}
+
+// CutAll cuts the connections of every proxy: see faultproxy.Proxy.CutAll.
+func (ps proxySet) CutAll() {
+	for _, p := range ps {
+		p.CutAll()
+	}
+}
+
+// Freeze freezes every proxy: see faultproxy.Proxy.Freeze.
+func (ps proxySet) Freeze() {
+	for _, p := range ps {
+		p.Freeze()
+	}
+}
+
+// Thaw thaws every proxy: see faultproxy.Proxy.Thaw.
+func (ps proxySet) Thaw() {
+	for _, p := range ps {
+		p.Thaw()
+	}
 }
 
 // read reads key through n and judges it.
@@ -306,33 +493,38 @@ func numbered(prefix string, n int) []string {
 // older than one that returned ErrQueued. Before the outbox and the proof,
 // a Delete timed out after OpTimeout inside the pause and was lost (Redis
 // 7 does not run a timed-out client's command when the pause ends), and
-// the other node served the old value from L1 until L1TTL.
+// the other node served the old value from L1 until L1TTL. On a redis-server
+// and on a real Cluster, where every master is paused at once.
 func TestFaultPause(t *testing.T) {
-	for _, mode := range []string{"ALL", "WRITE"} {
-		t.Run(mode, func(t *testing.T) {
-			srv := redistest.Start(t)
-			admin := redistest.Client(t, srv.Addr)
-			_, a, b := faultPair(t, srv.Addr)
-			// 100 keys, each written about every 2s: a lost invalidation is
-			// not repaired by the next write of its key within the bounds.
-			keys := numbered("p", 100)
-			warm(t, keys, a, b)
-			log := newStaleLog(DefaultMaxStaleness)
-			stop := make(chan struct{})
-			failed, wait := workload(t, log, keys, a, []*faultNode{a, b}, stop)
-			time.Sleep(300 * time.Millisecond)
-			ctx := context.Background()
-			if err := admin.Do(ctx, "CLIENT", "PAUSE", "1000", mode).Err(); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(2 * time.Second)
-			close(stop)
-			wait()
-			log.check(t)
-			converge(t, keys, a, b)
-			t.Logf("%d reads; %d of the writes returned ErrQueued; A %+v; B %+v", log.reads.Load(), failed.Load(), a.c.Stats(), b.c.Stats())
-		})
-	}
+	faultTargets(t, []string{"ALL", "WRITE"}, func(t *testing.T, ft faultTarget, mode string) {
+		admin := ft.admin(t)
+		_, a, b := ft.pair(t)
+		// 100 keys, each written about every 2s: a lost invalidation is
+		// not repaired by the next write of its key within the bounds.
+		keys := numbered("p", 100)
+		warm(t, keys, a, b)
+		log := newStaleLog(DefaultMaxStaleness)
+		stop := make(chan struct{})
+		failed, wait := workload(t, log, keys, a, []*faultNode{a, b}, stop)
+		time.Sleep(300 * time.Millisecond)
+		ctx := context.Background()
+		var paused atomic.Int64
+		if err := onServers(ctx, admin, true, func(ctx context.Context, s *redis.Client) error {
+			paused.Add(1)
+			return s.Do(ctx, "CLIENT", "PAUSE", "1000", mode).Err()
+		}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second)
+		if want := ft.masters(t); paused.Load() != int64(want) {
+			t.Fatalf("paused %d servers, want every master: %d", paused.Load(), want)
+		}
+		close(stop)
+		wait()
+		log.check(t)
+		converge(t, keys, a, b)
+		t.Logf("%d reads; %d of the writes returned ErrQueued; A %+v; B %+v", log.reads.Load(), failed.Load(), a.c.Stats(), b.c.Stats())
+	})
 }
 
 // TestFaultLatency: 300ms of added latency between the writer and Redis,
@@ -368,50 +560,54 @@ func TestFaultLatency(t *testing.T) {
 // only while the invalidation is pending; the outbox delivers it as soon
 // as Redis answers, and the other node, whose bus never stopped, drops the
 // old value then. Before, the failed Delete was never retried and the
-// other node served the old value until L1TTL.
+// other node served the old value until L1TTL. On a redis-server and on a
+// real Cluster, where the writer reaches every node through a proxy.
 func TestFaultQueued(t *testing.T) {
-	srv, p := proxied(t)
-	db := newMemDB()
-	a := newFaultNode(t, "A", p.Addr(), srv.Addr, db, Options{WriteTimeout: 300 * time.Millisecond})
-	b := newFaultNode(t, "B", srv.Addr, srv.Addr, db, Options{})
-	keys := []string{"q"}
-	warm(t, keys, a, b)
-	ctx := context.Background()
+	faultTargets(t, nil, func(t *testing.T, ft faultTarget, _ string) {
+		p := newProxySet(t, ft)
+		db := newMemDB()
+		a := ft.node(t, "A", p.dial, db, Options{WriteTimeout: 300 * time.Millisecond})
+		b := ft.node(t, "B", nil, db, Options{})
+		ns := ft.namespace()
+		keys := []string{"q"}
+		warm(t, keys, a, b)
+		ctx := context.Background()
 
-	p.Silence()
-	v := db.bump("q")
-	start := time.Now()
-	err := a.c.Delete(ctx, "q")
-	if !errors.Is(err, ErrQueued) || !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("Delete with Redis silent = %v, want ErrQueued and ErrUnavailable", err)
-	}
-	if d := time.Since(start); d < 300*time.Millisecond || d > 3*time.Second {
-		t.Errorf("Delete returned after %v, want about the WriteTimeout (300ms)", d)
-	}
-	if !a.c.Bus().Pending("faults", "q") {
-		t.Fatal("the invalidation is not pending in the outbox")
-	}
-	for range 5 {
-		if p, err := a.c.GetOrLoad(ctx, "q", db); err != nil || p.Version != v {
-			t.Fatalf("writer's read while pending = %+v, %v; want version %d from the loader", p, err, v)
+		p.Silence()
+		v := db.bump("q")
+		start := time.Now()
+		err := a.c.Delete(ctx, "q")
+		if !errors.Is(err, ErrQueued) || !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Delete with Redis silent = %v, want ErrQueued and ErrUnavailable", err)
 		}
-	}
-	if _, err := a.c.Get(ctx, "q"); !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("Get while pending = %v, want ErrUnavailable (neither L1 nor Redis may answer)", err)
-	}
-	p.Resume()
-	resumed := time.Now()
-	waitFor(t, 5*time.Second, "B to drop the old value", func() bool {
-		p, err := b.c.GetOrLoad(ctx, "q", db)
-		return err == nil && p.Version == v
+		if d := time.Since(start); d < 300*time.Millisecond || d > 3*time.Second {
+			t.Errorf("Delete returned after %v, want about the WriteTimeout (300ms)", d)
+		}
+		if !a.c.Bus().Pending(ns, "q") {
+			t.Fatal("the invalidation is not pending in the outbox")
+		}
+		for range 5 {
+			if p, err := a.c.GetOrLoad(ctx, "q", db); err != nil || p.Version != v {
+				t.Fatalf("writer's read while pending = %+v, %v; want version %d from the loader", p, err, v)
+			}
+		}
+		if _, err := a.c.Get(ctx, "q"); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Get while pending = %v, want ErrUnavailable (neither L1 nor Redis may answer)", err)
+		}
+		p.Resume()
+		resumed := time.Now()
+		waitFor(t, 5*time.Second, "B to drop the old value", func() bool {
+			p, err := b.c.GetOrLoad(ctx, "q", db)
+			return err == nil && p.Version == v
+		})
+		t.Logf("B current %v after the writer's connections resumed", time.Since(resumed).Round(time.Millisecond))
+		if s := a.c.Stats(); s.Queued != 1 || s.Delivered != 1 {
+			t.Fatalf("writer's Stats: Queued %d, Delivered %d; want 1 and 1", s.Queued, s.Delivered)
+		}
+		if a.c.Bus().Pending(ns, "q") {
+			t.Fatal("still pending after delivery")
+		}
 	})
-	t.Logf("B current %v after the writer's connections resumed", time.Since(resumed).Round(time.Millisecond))
-	if s := a.c.Stats(); s.Queued != 1 || s.Delivered != 1 {
-		t.Fatalf("writer's Stats: Queued %d, Delivered %d; want 1 and 1", s.Queued, s.Delivered)
-	}
-	if a.c.Bus().Pending("faults", "q") {
-		t.Fatal("still pending after delivery")
-	}
 }
 
 // TestFaultRestart: redis-server SIGKILLed and restarted, on the same port:
@@ -433,6 +629,13 @@ func TestFaultQueued(t *testing.T) {
 //
 // Every read from the kill on is judged: after an acknowledged Delete it
 // must be current (bound 0), after a failed one within errorBound.
+//
+// It runs on a redis-server only. On a Cluster a killed master's replica
+// takes over soon after the node timeout (1s here), and the old master,
+// when it comes back, rejoins as a replica and resyncs from the new one,
+// so no old value returns from its files (redistest cannot restart a
+// cluster node anyway). The Cluster's counterpart, a replica promoted
+// without the last writes, is a failover test, not this one.
 func TestFaultRestart(t *testing.T) {
 	for _, mode := range []string{"RDB", "AOF", "empty", "RDB, bus late"} {
 		t.Run(mode, func(t *testing.T) {
@@ -521,6 +724,12 @@ func TestFaultRestart(t *testing.T) {
 // comes up with the deleted values, the namespace's run marker of the
 // primary, and another run_id: the caches purge the namespace, and no read
 // from the kill on returns a deleted value.
+//
+// It runs on a redis-server only: it fakes a failover by moving a proxy,
+// the one address the nodes know, to another server. A Cluster client
+// learns every master's address from CLUSTER SLOTS and follows a real
+// failover there (redistest.Cluster's Kill and WaitFailover), so moving an
+// address under it tests nothing of the Cluster.
 func TestFaultFailover(t *testing.T) {
 	primary, replica := redistest.Start(t), redistest.Start(t)
 	adminR := redistest.Client(t, replica.Addr)
@@ -569,80 +778,81 @@ func TestFaultFailover(t *testing.T) {
 // TestFaultReadDuringGap: a load began before a Delete that its node
 // missed (its bus was down). A read 500ms after the Delete, during the gap
 // or just after the bus resubscribed, must not join that load. Before, it
-// did, and returned the old version when the load ended.
+// did, and returned the old version when the load ended. On a redis-server
+// and on a real Cluster, where B's bus (sharded: a connection per master)
+// reaches every node through a proxy.
 func TestFaultReadDuringGap(t *testing.T) {
-	for _, when := range []string{"during the gap", "after the resubscription", "bus frozen"} {
-		t.Run(when, func(t *testing.T) {
-			srv, p := proxied(t)
-			db := newMemDB()
-			a := newFaultNode(t, "A", srv.Addr, srv.Addr, db, Options{})
-			// "bus frozen": B's bus stays healthy (a long health interval)
-			// but cannot prove itself fresh, so only the rule that flights
-			// are joinable for MaxStaleness while unproven protects it.
-			b := newFaultNodeBus(t, "B", srv.Addr, p.Addr(), db, Options{}, &pubsub.Options{HealthInterval: time.Minute})
-			ctx := context.Background()
-			db.bump("g")
+	faultTargets(t, []string{"during the gap", "after the resubscription", "bus frozen"}, func(t *testing.T, ft faultTarget, when string) {
+		p := newProxySet(t, ft)
+		db := newMemDB()
+		a := ft.node(t, "A", nil, db, Options{})
+		// "bus frozen": B's bus stays healthy (a long health interval)
+		// but cannot prove itself fresh, so only the rule that flights
+		// are joinable for MaxStaleness while unproven protects it.
+		b := newFaultNodeOn(t, "B", ft.client(t, nil), ft.client(t, p.dial), db, Options{Namespace: ft.namespace()},
+			&pubsub.Options{HealthInterval: time.Minute})
+		ctx := context.Background()
+		db.bump("g")
 
-			// B starts a load that reads version 1, then stalls.
-			inLoad, release := make(chan struct{}), make(chan struct{})
-			var first atomic.Bool
-			db.mu.Lock()
-			db.gate = func(string) {
-				if first.CompareAndSwap(false, true) {
-					close(inLoad)
-					<-release
-				}
+		// B starts a load that reads version 1, then stalls.
+		inLoad, release := make(chan struct{}), make(chan struct{})
+		var first atomic.Bool
+		db.mu.Lock()
+		db.gate = func(string) {
+			if first.CompareAndSwap(false, true) {
+				close(inLoad)
+				<-release
 			}
-			db.mu.Unlock()
-			stalled := make(chan Product, 1)
-			go func() {
-				p, _ := b.c.GetOrLoad(ctx, "g", db)
-				stalled <- p
-			}()
-			<-inLoad
-			defer func() {
-				close(release)
-				<-stalled
-			}()
+		}
+		db.mu.Unlock()
+		stalled := make(chan Product, 1)
+		go func() {
+			p, _ := b.c.GetOrLoad(ctx, "g", db)
+			stalled <- p
+		}()
+		<-inLoad
+		defer func() {
+			close(release)
+			<-stalled
+		}()
 
-			// B's bus goes down and cannot come back (or freezes); A writes.
-			if when == "bus frozen" {
-				p.Freeze()
-			} else {
-				p.Set(faultproxy.Silent, faultproxy.NewConns)
-				p.CutAll()
-				waitFor(t, 5*time.Second, "B's bus to go down", func() bool { return !b.c.Bus().Healthy() })
+		// B's bus goes down and cannot come back (or freezes); A writes.
+		if when == "bus frozen" {
+			p.Freeze()
+		} else {
+			p.Set(faultproxy.Silent, faultproxy.NewConns)
+			p.CutAll()
+			waitFor(t, 5*time.Second, "B's bus to go down", func() bool { return !b.c.Bus().Healthy() })
+		}
+		v := db.bump("g")
+		if err := a.c.Delete(ctx, "g"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond)
+		if when == "after the resubscription" {
+			p.Resume()
+			waitFor(t, 10*time.Second, "B's bus to come back", b.c.Bus().Healthy)
+		}
+		got := make(chan Product, 1)
+		go func() {
+			p, _ := b.c.GetOrLoad(ctx, "g", db)
+			got <- p
+		}()
+		select {
+		case p := <-got:
+			if p.Version != v {
+				t.Fatalf("read 500ms after the Delete returned version %d, want %d", p.Version, v)
 			}
-			v := db.bump("g")
-			if err := a.c.Delete(ctx, "g"); err != nil {
-				t.Fatal(err)
+		case <-time.After(5 * time.Second):
+			t.Fatal("the read joined the load that began before the Delete (it waits for it)")
+		}
+		if when == "bus frozen" {
+			if !b.c.Bus().Healthy() {
+				t.Fatal("B's bus went down: the test did not isolate the unproven case")
 			}
-			time.Sleep(500 * time.Millisecond)
-			if when == "after the resubscription" {
-				p.Resume()
-				waitFor(t, 10*time.Second, "B's bus to come back", b.c.Bus().Healthy)
-			}
-			got := make(chan Product, 1)
-			go func() {
-				p, _ := b.c.GetOrLoad(ctx, "g", db)
-				got <- p
-			}()
-			select {
-			case p := <-got:
-				if p.Version != v {
-					t.Fatalf("read 500ms after the Delete returned version %d, want %d", p.Version, v)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("the read joined the load that began before the Delete (it waits for it)")
-			}
-			if when == "bus frozen" {
-				if !b.c.Bus().Healthy() {
-					t.Fatal("B's bus went down: the test did not isolate the unproven case")
-				}
-				p.Thaw()
-			}
-		})
-	}
+			p.Thaw()
+		}
+	})
 }
 
 // TestFaultBreaker: with Redis silent (every call would wait OpTimeout),
@@ -713,13 +923,20 @@ func TestFaultBreaker(t *testing.T) {
 // TestFaultOutboxOverflow: more keys queued than the outbox holds fold the
 // namespace into one purge. While it is pending the writer serves none of
 // the namespace from Redis or L1; when Redis answers, the namespace is
-// purged and every other node drops its L1 of it (a Flush message).
+// purged and every other node drops its L1 of it (a Flush message). On a
+// redis-server and on a real Cluster, where the purge covers every master
+// and the writer reaches every node through a proxy.
 func TestFaultOutboxOverflow(t *testing.T) {
-	srv, p := proxied(t)
+	faultTargets(t, nil, func(t *testing.T, ft faultTarget, _ string) { testFaultOutboxOverflow(t, ft) })
+}
+
+func testFaultOutboxOverflow(t *testing.T, ft faultTarget) {
+	p := newProxySet(t, ft)
 	db := newMemDB()
-	a := newFaultNodeBus(t, "A", p.Addr(), srv.Addr, db, Options{WriteTimeout: 100 * time.Millisecond},
+	ns := ft.namespace()
+	a := newFaultNodeOn(t, "A", ft.client(t, p.dial), ft.client(t, nil), db, Options{Namespace: ns, WriteTimeout: 100 * time.Millisecond},
 		&pubsub.Options{HealthInterval: 200 * time.Millisecond, OutboxSize: 2})
-	b := newFaultNode(t, "B", srv.Addr, srv.Addr, db, Options{})
+	b := ft.node(t, "B", nil, db, Options{})
 	keys := numbered("o", 4)
 	warm(t, keys, a, b)
 	ctx := context.Background()
@@ -732,17 +949,19 @@ func TestFaultOutboxOverflow(t *testing.T) {
 		}
 	}
 	// keys[3] was never written, but the whole namespace is being purged.
-	if !a.c.Bus().Pending("faults", keys[3]) {
+	if !a.c.Bus().Pending(ns, keys[3]) {
 		t.Fatal("after the overflow, a key of the namespace is not pending")
 	}
 	p.Resume()
-	waitFor(t, 5*time.Second, "the purge", func() bool { return !a.c.Bus().Pending("faults", keys[3]) })
+	waitFor(t, 5*time.Second, "the purge", func() bool { return !a.c.Bus().Pending(ns, keys[3]) })
 	if s := a.c.Stats(); s.Purges != 1 {
 		t.Fatalf("A's Stats.Purges = %d, want 1", s.Purges)
 	}
-	admin := redistest.Client(t, srv.Addr)
-	if n, _ := admin.Exists(ctx, "faults:{"+keys[3]+"}").Result(); n != 0 {
-		t.Fatal("the purge left a value of the namespace in Redis")
+	admin := ft.admin(t)
+	for _, k := range keys {
+		if n, err := admin.Exists(ctx, ns+":{"+k+"}").Result(); err != nil || n != 0 {
+			t.Fatalf("EXISTS %s:{%s} = %d, %v: the purge left a value of the namespace in Redis", ns, k, n, err)
+		}
 	}
 	waitFor(t, 5*time.Second, "B to reset the namespace", func() bool { return b.c.Stats().Resets > resetsB })
 	converge(t, keys, a, b)

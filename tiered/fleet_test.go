@@ -19,19 +19,31 @@ import (
 )
 
 // Fleet tests: several independent nodes (own client, own bus, own L1)
-// sharing one real redis-server started by the test. The source of truth is
-// a plain Redis key per product, src:<key>, holding its version; the nodes'
-// loaders read it with their own client.
+// sharing a real Redis started by the test: one redis-server, or a real
+// Redis Cluster of 3 masters with a replica each (see eachTarget). The
+// source of truth is a plain Redis key per product (see srcLoader), holding
+// its version; the nodes' loaders read it with their own client.
 
-// srcLoader loads a product's version from the source of truth.
+// srcLoader loads a product's version from the source of truth: the key
+// prefix+key, "src:"+key when prefix is "".
 type srcLoader struct {
-	rdb   *redis.Client
-	calls atomic.Int64
+	rdb    redis.UniversalClient
+	prefix string
+	calls  atomic.Int64
+}
+
+// srcKey returns the Redis key holding key's version in the source of
+// truth of prefix ("" means "src:").
+func srcKey(prefix, key string) string {
+	if prefix == "" {
+		prefix = "src:"
+	}
+	return prefix + key
 }
 
 func (l *srcLoader) Load(ctx context.Context, key string) (Product, error) {
 	l.calls.Add(1)
-	v, err := l.rdb.Get(ctx, "src:"+key).Int()
+	v, err := l.rdb.Get(ctx, srcKey(l.prefix, key)).Int()
 	if errors.Is(err, redis.Nil) {
 		return Product{}, ErrNotFound
 	}
@@ -41,7 +53,9 @@ func (l *srcLoader) Load(ctx context.Context, key string) (Product, error) {
 	return Product{Name: key, Version: v}, nil
 }
 
-// dialGate lets a test refuse a node's new connections.
+// dialGate lets a test refuse a node's new connections. Its dial is the
+// Dialer of a redis.Options or a redis.ClusterOptions: a Cluster client
+// dials every node with it.
 type dialGate struct{ closed atomic.Bool }
 
 func (g *dialGate) dial(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -54,15 +68,124 @@ func (g *dialGate) dial(ctx context.Context, network, addr string) (net.Conn, er
 
 type fleetNode struct {
 	c    *Cache[Product]
-	rdb  *redis.Client
+	rdb  redis.UniversalClient
 	src  *srcLoader
 	gate *dialGate
 }
 
+// fleetTarget is the Redis a fleet's nodes share: a redis-server, or a real
+// Cluster and the pub/sub mode of the nodes' buses on it. Fleets that share
+// a server or a cluster must differ in ns.
+type fleetTarget struct {
+	addr    string             // the redis-server; "" for a cluster
+	cluster *redistest.Cluster // nil for a redis-server
+	// classic gives each node on the cluster a bus of ModeClassic (PUBLISH
+	// and one SUBSCRIBE) instead of the one New makes, which is sharded on a
+	// Cluster client (pubsub.ModeAuto).
+	classic bool
+	// ns is the nodes' namespace and names their source keys; "" means
+	// namespace "fleet" and source keys "src:<key>".
+	ns string
+}
+
+// namespace returns the namespace of the target's nodes.
+func (tg fleetTarget) namespace() string {
+	if tg.ns == "" {
+		return "fleet"
+	}
+	return tg.ns
+}
+
+// srcPrefix returns the prefix of the target's source keys.
+func (tg fleetTarget) srcPrefix() string {
+	if tg.ns == "" {
+		return "src:"
+	}
+	return "src:" + tg.ns + ":"
+}
+
+// sharded reports whether the target's nodes use sharded pub/sub.
+func (tg fleetTarget) sharded() bool { return tg.cluster != nil && !tg.classic }
+
+// client returns a client of the target whose connections are dialled by
+// dial (nil for a plain dial), closed when t ends.
+func (tg fleetTarget) client(t *testing.T, dial func(ctx context.Context, network, addr string) (net.Conn, error)) redis.UniversalClient {
+	t.Helper()
+	if tg.cluster != nil {
+		return tg.cluster.Client(t, &redis.ClusterOptions{Dialer: dial, PoolSize: 32, MaxRetries: -1})
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: tg.addr, Dialer: dial, PoolSize: 32, MaxRetries: -1})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+// admin returns a client of the target for the test's own commands,
+// closed when t ends.
+func (tg fleetTarget) admin(t *testing.T) redis.UniversalClient {
+	t.Helper()
+	if tg.cluster != nil {
+		return tg.cluster.Client(t, nil)
+	}
+	return redistest.Client(t, tg.addr)
+}
+
+// setSource sets key's version in the target's source of truth.
+func (tg fleetTarget) setSource(t *testing.T, rdb redis.UniversalClient, key string, version int) {
+	t.Helper()
+	if err := rdb.Set(context.Background(), srcKey(tg.srcPrefix(), key), version, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// eachTarget runs f in subtest "redis-server", on a redis-server of its
+// own, and in subtests "cluster/sharded" and "cluster/classic", one per
+// pub/sub mode of the nodes' buses, on one real Redis Cluster (3 masters
+// with a replica each; forming it takes seconds, so they share it) in
+// namespaces of their own.
+func eachTarget(t *testing.T, f func(t *testing.T, tg fleetTarget)) {
+	t.Helper()
+	t.Run("redis-server", func(t *testing.T) {
+		f(t, fleetTarget{addr: redistest.Start(t).Addr})
+	})
+	t.Run("cluster", func(t *testing.T) {
+		cl := redistest.StartCluster(t, nil)
+		t.Run("sharded", func(t *testing.T) {
+			f(t, fleetTarget{cluster: cl, ns: "fleet-sharded"})
+		})
+		t.Run("classic", func(t *testing.T) {
+			f(t, fleetTarget{cluster: cl, classic: true, ns: "fleet-classic"})
+		})
+	})
+}
+
+// onServers runs f on the server of rdb, or, for a Cluster client, on every
+// master (masters) or every node at once, and returns the first error.
+func onServers(ctx context.Context, rdb redis.UniversalClient, masters bool, f func(context.Context, *redis.Client) error) error {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		return f(ctx, c)
+	case *redis.ClusterClient:
+		if masters {
+			return c.ForEachMaster(ctx, f)
+		}
+		return c.ForEachShard(ctx, f)
+	}
+	return fmt.Errorf("onServers: a %T", rdb)
+}
+
+// newFleet returns n nodes on the redis-server at addr.
 func newFleet(t *testing.T, addr string, n int, opts Options) []*fleetNode {
 	t.Helper()
+	return newFleetOn(t, fleetTarget{addr: addr}, n, opts)
+}
+
+// newFleetOn returns n nodes on tg, each with its own client (through its
+// own dialGate), bus and L1, once every one is ready. opts.Namespace
+// defaults to tg's, opts.TTL to a minute.
+func newFleetOn(t *testing.T, tg fleetTarget, n int, opts Options) []*fleetNode {
+	t.Helper()
 	if opts.Namespace == "" {
-		opts.Namespace = "fleet"
+		opts.Namespace = tg.namespace()
 	}
 	if opts.TTL == 0 {
 		opts.TTL = time.Minute
@@ -70,19 +193,36 @@ func newFleet(t *testing.T, addr string, n int, opts Options) []*fleetNode {
 	nodes := make([]*fleetNode, n)
 	for i := range nodes {
 		gate := &dialGate{}
-		rdb := redis.NewClient(&redis.Options{Addr: addr, Dialer: gate.dial, PoolSize: 32, MaxRetries: -1})
+		rdb := tg.client(t, gate.dial) // closed after the cache and bus: cleanups run last-in first-out
 		o := opts
+		if tg.classic && o.Bus == nil {
+			bus, err := pubsub.New(rdb, &pubsub.Options{Mode: pubsub.ModeClassic, MaxStaleness: o.MaxStaleness})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A cache does not close a bus it was given (Options.Bus): close
+			// it after the cache.
+			t.Cleanup(func() { bus.Close() })
+			o.Bus = bus
+		}
 		c, err := New[Product](rdb, &o)
 		if err != nil {
 			t.Fatal(err)
 		}
-		nodes[i] = &fleetNode{c: c, rdb: rdb, src: &srcLoader{rdb: rdb}, gate: gate}
-		t.Cleanup(func() {
-			c.Close()
-			rdb.Close()
-		})
+		t.Cleanup(func() { c.Close() })
+		if got := c.Bus().Sharded(); got != tg.sharded() {
+			t.Fatalf("a node's bus is sharded: %v, want %v", got, tg.sharded())
+		}
+		// The loader reads the source of truth with a client of its own,
+		// outside the gate: the database is not the node's Redis, and a
+		// refused dial (a pool whose connection to a master timed out and
+		// was dropped) must not fail a load while a test shuts the gate.
+		src := &srcLoader{rdb: tg.client(t, nil), prefix: tg.srcPrefix()}
+		nodes[i] = &fleetNode{c: c, rdb: rdb, src: src, gate: gate}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// A sharded bus sends 16384 SSUBSCRIBEs: seconds on a busy machine
+	// under the race detector.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, nd := range nodes {
 		if err := nd.c.WaitReady(ctx); err != nil {
@@ -92,11 +232,11 @@ func newFleet(t *testing.T, addr string, n int, opts Options) []*fleetNode {
 	return nodes
 }
 
-func setSource(t *testing.T, rdb *redis.Client, key string, version int) {
+// setSource sets key's version in the source of truth of the nodes of
+// newFleet: "src:"+key.
+func setSource(t *testing.T, rdb redis.UniversalClient, key string, version int) {
 	t.Helper()
-	if err := rdb.Set(context.Background(), "src:"+key, version, 0).Err(); err != nil {
-		t.Fatal(err)
-	}
+	fleetTarget{}.setSource(t, rdb, key, version)
 }
 
 func percentile(d []time.Duration, p float64) time.Duration {
@@ -107,10 +247,14 @@ func percentile(d []time.Duration, p float64) time.Duration {
 
 // TestFleetStampede (issue test 1): 3 nodes × 100 goroutines released
 // together on a cold key with a 50 ms loader: the loader runs exactly once
-// in the whole fleet, for each of 20 keys.
+// in the whole fleet, for each of 20 keys. On a redis-server and on a real
+// Cluster, with the waiters woken by sharded or classic pub/sub.
 func TestFleetStampede(t *testing.T) {
-	s := redistest.Start(t)
-	nodes := newFleet(t, s.Addr, 3, Options{})
+	eachTarget(t, testFleetStampede)
+}
+
+func testFleetStampede(t *testing.T, tg fleetTarget) {
+	nodes := newFleetOn(t, tg, 3, Options{})
 	ctx := context.Background()
 	var calls sync.Map // key → *atomic.Int64
 	loader := LoaderFunc[Product](func(ctx context.Context, key string) (Product, error) {
@@ -175,16 +319,20 @@ func TestFleetStampede(t *testing.T) {
 
 // TestFleetInvalidation (issue test 2): every node holds a key in L1; node A
 // updates the source and calls Delete; nodes B and C return the new value
-// within a bound. Latencies over 200 trials are logged.
+// within a bound. Latencies over 200 trials are logged. On a redis-server
+// and on a real Cluster, with sharded and with classic pub/sub.
 func TestFleetInvalidation(t *testing.T) {
-	s := redistest.Start(t)
-	nodes := newFleet(t, s.Addr, 3, Options{})
+	eachTarget(t, testFleetInvalidation)
+}
+
+func testFleetInvalidation(t *testing.T, tg fleetTarget) {
+	nodes := newFleetOn(t, tg, 3, Options{})
 	ctx := context.Background()
 	a := nodes[0]
 	var lat []time.Duration
 	for trial := range 200 {
 		key := fmt.Sprint("k", trial%10)
-		setSource(t, a.rdb, key, trial)
+		tg.setSource(t, a.rdb, key, trial)
 		if err := a.c.Delete(ctx, key); err != nil {
 			t.Fatal(err)
 		}
@@ -209,7 +357,7 @@ func TestFleetInvalidation(t *testing.T) {
 			})
 		}
 		// A writes.
-		setSource(t, a.rdb, key, trial+1000)
+		tg.setSource(t, a.rdb, key, trial+1000)
 		if err := a.c.Delete(ctx, key); err != nil {
 			t.Fatal(err)
 		}
@@ -241,18 +389,23 @@ func TestFleetInvalidation(t *testing.T) {
 
 // TestFleetRace (issue test 3): a slow load in flight on node B (holding the
 // lease) while node A deletes the key: afterwards neither B's L1 nor Redis
-// holds the old value.
+// holds the old value. On a redis-server and on a real Cluster, with
+// sharded and with classic pub/sub.
 func TestFleetRace(t *testing.T) {
-	s := redistest.Start(t)
-	nodes := newFleet(t, s.Addr, 2, Options{})
+	eachTarget(t, testFleetRace)
+}
+
+func testFleetRace(t *testing.T, tg fleetTarget) {
+	nodes := newFleetOn(t, tg, 2, Options{})
 	a, b := nodes[0], nodes[1]
 	ctx := context.Background()
+	ns := tg.namespace()
 	heard := make(chan struct{}, 1)
-	unregister := b.c.Bus().Register("fleet", notifyHandler{heard})
+	unregister := b.c.Bus().Register(ns, notifyHandler{heard})
 	defer unregister()
 
 	started, release := make(chan struct{}), make(chan struct{})
-	done := make(chan Product)
+	done := make(chan Product, 1)
 	go func() {
 		p, _ := b.c.GetOrLoad(ctx, "k", LoaderFunc[Product](func(context.Context, string) (Product, error) {
 			close(started)
@@ -262,19 +415,31 @@ func TestFleetRace(t *testing.T) {
 		done <- p
 	}()
 	<-started
-	if n, _ := a.rdb.Exists(ctx, "fleet:{k}:lease").Result(); n != 1 {
+	released := false
+	defer func() { // on a failure, end the load: B's Close waits for it
+		if !released {
+			close(release)
+			<-done
+		}
+	}()
+	if n, _ := a.rdb.Exists(ctx, ns+":{k}:lease").Result(); n != 1 {
 		t.Fatal("B does not hold the lease")
 	}
 	if err := a.c.Delete(ctx, "k"); err != nil {
 		t.Fatal(err)
 	}
-	<-heard // B's bus delivered the invalidation
+	select { // B's bus delivered the invalidation
+	case <-heard:
+	case <-time.After(5 * time.Second):
+		t.Fatal("B's bus did not deliver A's invalidation within 5s")
+	}
 	close(release)
+	released = true
 	<-done
 	if p, ok := inL1(b.c)("k"); ok {
 		t.Fatalf("B's L1 holds %+v, loaded before A's Delete", p)
 	}
-	if n, _ := a.rdb.Exists(ctx, "fleet:{k}").Result(); n != 0 {
+	if n, _ := a.rdb.Exists(ctx, ns+":{k}").Result(); n != 0 {
 		t.Fatal("Redis holds the value loaded before A's Delete")
 	}
 	if got := b.c.Stats().StaleDiscards; got != 1 {
@@ -308,16 +473,22 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 
 // TestFleetGap (issue test 4): the subscriber connections are killed and
 // invalidations are published during the gap. During the gap no node serves
-// from L1; once back, no node serves the old value.
+// from L1; once back, no node serves the old value. On a redis-server and
+// on a real Cluster, where the subscriptions are killed on every node, with
+// sharded pub/sub (a connection per master, any of whose loss is a gap of
+// the bus) and with classic.
 func TestFleetGap(t *testing.T) {
-	s := redistest.Start(t)
-	nodes := newFleet(t, s.Addr, 3, Options{})
+	eachTarget(t, testFleetGap)
+}
+
+func testFleetGap(t *testing.T, tg fleetTarget) {
+	nodes := newFleetOn(t, tg, 3, Options{})
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	ctx := context.Background()
-	admin := redistest.Client(t, s.Addr)
+	admin := tg.admin(t)
 	keys := []string{"g1", "g2", "g3"}
 	for _, k := range keys {
-		setSource(t, admin, k, 1)
+		tg.setSource(t, admin, k, 1)
 		for _, nd := range nodes {
 			if _, err := nd.c.GetOrLoad(ctx, k, nd.src); err != nil {
 				t.Fatal(err)
@@ -335,14 +506,16 @@ func TestFleetGap(t *testing.T) {
 	// B cannot reconnect during the gap; C can, as soon as it notices.
 	resets := b.c.Stats().Resets
 	b.gate.closed.Store(true)
-	if err := admin.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+	if err := onServers(ctx, admin, false, func(ctx context.Context, s *redis.Client) error {
+		return s.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err()
+	}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "B's bus to notice the gap", func() bool { return !b.c.Bus().Healthy() })
 
 	// A writes during the gap; B cannot hear it.
 	for _, k := range keys {
-		setSource(t, admin, k, 2)
+		tg.setSource(t, admin, k, 2)
 	}
 	if err := a.c.Delete(ctx, keys...); err != nil {
 		t.Fatal(err)
@@ -371,8 +544,8 @@ func TestFleetGap(t *testing.T) {
 
 	// B reconnects: its L1 is reset before it serves from it again.
 	b.gate.closed.Store(false)
-	waitFor(t, 5*time.Second, "B's bus to recover", b.c.Bus().Healthy)
-	waitFor(t, 5*time.Second, "C's bus to recover", c.c.Bus().Healthy)
+	waitFor(t, 10*time.Second, "B's bus to recover", b.c.Bus().Healthy)
+	waitFor(t, 10*time.Second, "C's bus to recover", c.c.Bus().Healthy)
 	for _, nd := range nodes {
 		for _, k := range keys {
 			p, err := nd.c.GetOrLoad(ctx, k, nd.src)
@@ -432,10 +605,14 @@ func TestFleetLeaseHolderStuck(t *testing.T) {
 
 // TestFleetReadYourWrite (issue test 6): right after its own Delete or Set
 // returns, a node never reads the old value, even with other goroutines
-// filling its L1 concurrently.
+// filling its L1 concurrently. On a redis-server and on a real Cluster,
+// with sharded and with classic pub/sub.
 func TestFleetReadYourWrite(t *testing.T) {
-	s := redistest.Start(t)
-	nodes := newFleet(t, s.Addr, 2, Options{})
+	eachTarget(t, testFleetReadYourWrite)
+}
+
+func testFleetReadYourWrite(t *testing.T, tg fleetTarget) {
+	nodes := newFleetOn(t, tg, 2, Options{})
 	a := nodes[0]
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -454,7 +631,7 @@ func TestFleetReadYourWrite(t *testing.T) {
 	}
 	stale := 0
 	for i := range 300 {
-		setSource(t, a.rdb, "ryw", i)
+		tg.setSource(t, a.rdb, "ryw", i)
 		if i%2 == 0 {
 			if err := a.c.Delete(context.Background(), "ryw"); err != nil {
 				t.Fatal(err)
