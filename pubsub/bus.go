@@ -523,17 +523,19 @@ var (
 	errNotConfirmed = errors.New("pubsub: subscription not confirmed within a health interval")
 )
 
-// pinger sends PINGs on the subscription connection, each carrying its send
-// time: when a reader asks for a fresher proof (at most one PING per
-// quarter of MaxStaleness) and at least every HealthInterval, which is what
-// detects a silent connection. Requests that arrive while a PING is in
+// pinger sends PINGs on the subscription connections, each carrying its
+// send time: when a reader asks for a fresher proof (at most one PING per
+// quarter of MaxStaleness, or per HealthInterval if that is shorter) and
+// at least every HealthInterval, which is what detects a silent connection. Requests that arrive while a PING is in
 // flight or during the quarter after it are coalesced: hinted stays set
 // until then, so readers do not ask again.
 func (b *Bus) pinger(ctx context.Context) {
 	defer close(b.pingers)
 	idle := time.NewTimer(b.o.HealthInterval)
 	defer idle.Stop()
-	gap := b.o.MaxStaleness / 4
+	// The coalescing gap never exceeds HealthInterval: the PINGs are also
+	// what keeps a healthy, idle subscription from looking silent.
+	gap := min(b.o.MaxStaleness/4, b.o.HealthInterval)
 	for {
 		asked := false
 		select {
@@ -550,16 +552,19 @@ func (b *Bus) pinger(ctx context.Context) {
 		b.mu.Lock()
 		sess := b.sess
 		b.mu.Unlock()
-		if sess != nil {
-			b.pings.Add(1)
-			pctx, cancel := context.WithTimeout(ctx, b.o.HealthInterval)
-			sent := strconv.FormatInt(mono.Now(), 10)
-			for _, sh := range sess.shards {
-				_ = sh.ps.Ping(pctx, sent)
-			}
-			cancel()
-		}
 		idle.Reset(b.o.HealthInterval)
+		if sess == nil {
+			// Nothing to ping yet; hinted stays set, and setUp asks for a
+			// PING as soon as a session is confirmed.
+			continue
+		}
+		b.pings.Add(1)
+		pctx, cancel := context.WithTimeout(ctx, b.o.HealthInterval)
+		sent := strconv.FormatInt(mono.Now(), 10)
+		for _, sh := range sess.shards {
+			_ = sh.ps.Ping(pctx, sent)
+		}
+		cancel()
 		t := time.NewTimer(gap)
 		select {
 		case <-ctx.Done():
