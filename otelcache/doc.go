@@ -1,5 +1,6 @@
 // Package otelcache reports the counters of a [tiered.Cache] and of its
-// [pubsub.Bus] (with the bus's outbox) as OpenTelemetry metrics.
+// [pubsub.Bus] (with the bus's outbox) as OpenTelemetry metrics, and traces
+// the cache's operations as OpenTelemetry spans ([Tracer]).
 //
 // # Mechanism
 //
@@ -12,12 +13,25 @@
 // Bus.Stats, Bus.Healthy and Bus.ProofAge. Both return a [*Registration]
 // whose Unregister stops the reporting.
 //
-// # Metric API only
+// # Tracing
 //
-// The package depends on go.opentelemetry.io/otel/metric, the API, and on
-// no SDK: the application chooses the SDK, the exporters and the views. A
-// Meter from a no-op or not yet configured MeterProvider is fine; nothing
-// is reported until a real one is installed.
+// [Tracer] adapts a [trace.Tracer] to tiered.Options.Tracer: a span per
+// operation that gets past L1 and per loader call, named "tiered." and
+// the operation ("tiered.get-or-load", "tiered.load"), the loader's under
+// the read that led its flight. The Redis round trips are traced by
+// go-redis's redisotel hook on the client, whose spans nest under these;
+// this package makes no Redis spans. Keys are recorded only when
+// [TracerOptions] asks. L1 hits are not traced unless
+// tiered.Options.TraceL1Hits asks: docs/operations.md ("Tracing") says why,
+// and docs/benchmarks.md what a span costs.
+//
+// # API only
+//
+// The package depends on go.opentelemetry.io/otel/metric and
+// go.opentelemetry.io/otel/trace, the APIs, and on no SDK: the application
+// chooses the SDK, the exporters, the views and the sampler. A Meter or
+// Tracer from a no-op or not yet configured provider is fine; nothing is
+// reported until a real one is installed.
 //
 // # Module
 //

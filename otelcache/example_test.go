@@ -9,6 +9,9 @@ import (
 	"github.com/redis/go-redis/v9"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tieredcache/tiered/otelcache"
 	"github.com/tieredcache/tiered/tiered"
@@ -87,4 +90,66 @@ func Example() {
 	// tiered.cache.loads{users} 3 {call}
 	// tiered.outbox.pending{} 0 {key}
 	// tiered.bus.healthy{} 1 1
+}
+
+// ExampleTracer traces a cache with OpenTelemetry: a cold read has a span
+// with its loader's span under it (an L1 hit would have none). A service
+// would give the provider a batching OTLP exporter, and add go-redis's
+// redisotel tracing hook to the client, whose Redis spans then nest under
+// the cache's:
+//
+//	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter))
+//	if err := redisotel.InstrumentTracing(rdb, redisotel.WithTracerProvider(tp)); err != nil { ... }
+func ExampleTracer() {
+	mr := miniredis.NewMiniRedis()
+	if err := mr.Start(); err != nil {
+		panic(err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	defer tp.Shutdown(ctx)
+
+	cache, err := tiered.New[string](rdb, &tiered.Options{
+		Namespace: "users", TTL: time.Hour,
+		Tracer: otelcache.Tracer(tp.Tracer("github.com/tieredcache/tiered/otelcache"), nil),
+	})
+	if err != nil {
+		panic(err)
+	}
+	defer cache.Close()
+	if err := cache.WaitReady(ctx); err != nil {
+		panic(err)
+	}
+
+	load := tiered.LoaderFunc[string](func(_ context.Context, key string) (string, error) {
+		return "user " + key, nil
+	})
+	if _, err := cache.GetOrLoad(ctx, "1", load); err != nil {
+		panic(err)
+	}
+	ended := spans.Ended()
+	names := map[trace.SpanID]string{}
+	for _, s := range ended {
+		names[s.SpanContext().SpanID()] = s.Name()
+	}
+	for _, s := range ended {
+		line := s.Name()
+		if p, ok := names[s.Parent().SpanID()]; ok {
+			line += " under " + p
+		}
+		for _, a := range s.Attributes() {
+			if a.Key == otelcache.OriginKey {
+				line += ", answered by the " + a.Value.AsString()
+			}
+		}
+		fmt.Println(line)
+	}
+	// Output:
+	// tiered.load under tiered.get-or-load
+	// tiered.get-or-load, answered by the loader
 }

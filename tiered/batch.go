@@ -114,11 +114,20 @@ func (c *Cache[V]) GetManyCached(ctx context.Context, keys []string) (map[string
 // many is GetMany, or GetManyCached when loader is nil.
 // shared is true for a call of the shared API, whose keys may not be
 // scoped ones (see reserved).
-func (c *Cache[V]) many(ctx context.Context, keys []string, loader BulkLoader[V], shared bool) (map[string]V, error) {
+func (c *Cache[V]) many(ctx context.Context, keys []string, loader BulkLoader[V], shared bool) (res map[string]V, err error) {
 	if c.closed.Load() {
 		return nil, ErrClosed
 	}
-	res := make(map[string]V, len(keys))
+	op := OpGetManyCached
+	if loader != nil {
+		op = OpGetMany
+	}
+	var end func(SpanEnd) // the span, once started (see Options.Tracer)
+	if c.o.Tracer != nil && c.o.TraceL1Hits {
+		ctx, end = c.startSpan(ctx, op, "", len(keys))
+		defer func() { end(SpanEnd{Err: err}) }()
+	}
+	res = make(map[string]V, len(keys))
 	var errs map[string]error
 	fail := func(k string, err error) {
 		if errs == nil {
@@ -161,6 +170,10 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, loader BulkLoader[V]
 	}
 	if len(miss) == 0 {
 		return c.manyResult(res, errs)
+	}
+	if end == nil && c.o.Tracer != nil {
+		ctx, end = c.startSpan(ctx, op, "", len(miss))
+		defer func() { end(SpanEnd{Err: err}) }()
 	}
 	calls := make([]*call[V], len(miss))
 	if led := g.joinMany(miss, calls); len(led) > 0 {
@@ -247,7 +260,7 @@ type item[V any] struct {
 }
 
 func (it *item[V]) finish(o outcome[V]) {
-	it.cl.v, it.cl.err, it.cl.stale = o.v, o.err, o.stale
+	it.cl.v, it.cl.err, it.cl.stale, it.cl.from = o.v, o.err, o.stale, o.from
 	it.done = true
 }
 
@@ -298,7 +311,7 @@ func (b *batch[V]) run(ctx context.Context) {
 		}
 		c.stats.misses.Add(1)
 		if b.loader == nil {
-			it.finish(outcome[V]{err: ErrNotFound})
+			it.finish(outcome[V]{err: ErrNotFound, from: OriginRedis})
 			continue
 		}
 		misses = append(misses, i)
@@ -490,7 +503,7 @@ func (b *batch[V]) load(ctx context.Context) {
 		return
 	}
 	var m map[string]V
-	r := c.runLoader(ctx, keys, func(lctx context.Context) (V, error) {
+	r := c.runLoader(ctx, OpLoadMany, keys, func(lctx context.Context) (V, error) {
 		var err error
 		m, err = b.loader.BulkLoad(lctx, keys)
 		var zero V
@@ -544,11 +557,11 @@ func (b *batch[V]) store(ctx context.Context, idx []int, m map[string]V, r loade
 	for _, i := range idx {
 		it := &b.items[i]
 		if r.err != nil {
-			it.finish(outcome[V]{err: r.err})
+			it.finish(outcome[V]{err: r.err, from: OriginLoader})
 		} else if v, ok := m[it.key]; ok {
-			it.finish(outcome[V]{v: v})
+			it.finish(outcome[V]{v: v, from: OriginLoader})
 		} else {
-			it.finish(outcome[V]{err: ErrNotFound})
+			it.finish(outcome[V]{err: ErrNotFound, from: OriginLoader})
 		}
 		neg := errors.Is(it.cl.err, ErrNotFound)
 		leased := it.lease != (l2.Lease{})

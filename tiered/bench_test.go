@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -512,4 +513,113 @@ func BenchmarkTags(b *testing.B) {
 			}
 		}
 	})
+}
+
+// benchTracer is a Tracer that does the least a real one does: it
+// allocates a span, reads the clock at its start and end, and puts it in
+// the context it returns.
+type benchTracer struct{ ended atomic.Uint64 }
+
+type benchSpan struct {
+	t          *benchTracer
+	s          SpanStart
+	start, end time.Time
+	e          SpanEnd
+}
+
+func (t *benchTracer) Start(ctx context.Context, s SpanStart) (context.Context, func(SpanEnd)) {
+	sp := &benchSpan{t: t, s: s, start: time.Now()}
+	return context.WithValue(ctx, spanKey{}, sp), sp.finish
+}
+
+func (sp *benchSpan) finish(e SpanEnd) {
+	sp.end, sp.e = time.Now(), e
+	sp.t.ended.Add(1)
+}
+
+// noopTracer starts no span: the cost of the hook's calls alone.
+type noopTracer struct{}
+
+func (noopTracer) Start(ctx context.Context, _ SpanStart) (context.Context, func(SpanEnd)) {
+	return ctx, noopEnd
+}
+
+func noopEnd(SpanEnd) {}
+
+// BenchmarkGetOrLoadTraced: what Options.Tracer costs GetOrLoad, on a real
+// redis-server, with context.Background():
+//
+//   - path=miss: a key never read before each call (L1 on): GET miss,
+//     lease, loader, fill of Redis and L1; two spans (get-or-load, load)
+//     when traced;
+//   - path=l1hit: a key in L1, not traced (TraceL1Hits off);
+//   - path=l1hit-traced: the same with TraceL1Hits: one span per hit.
+//
+// tracer=off has no Tracer; noop one whose Start returns ctx and a shared
+// func; span one that allocates a span, reads the clock twice and puts
+// the span in the context (benchTracer). otelcache's BenchmarkTracer
+// measures the OpenTelemetry SDK. Compare with benchstat -col /tracer.
+func BenchmarkGetOrLoadTraced(b *testing.B) {
+	addr := redistest.Start(b).Addr
+	hitLoader := LoaderFunc[benchValue](func(context.Context, string) (benchValue, error) {
+		return benchValue{}, errors.New("loader called on an L1 hit")
+	})
+	missLoader := LoaderFunc[benchValue](func(context.Context, string) (benchValue, error) { return newBenchValue(), nil })
+	tracers := []struct {
+		name string
+		new  func() Tracer
+	}{
+		{"off", func() Tracer { return nil }},
+		{"noop", func() Tracer { return noopTracer{} }},
+		{"span", func() Tracer { return &benchTracer{} }},
+	}
+	round := 0 // numbers the keys of every run of every sub-benchmark: all never read
+	for _, path := range []string{"miss", "l1hit", "l1hit-traced"} {
+		for _, tr := range tracers {
+			if path == "l1hit-traced" && tr.name == "off" {
+				continue // the same as l1hit/tracer=off
+			}
+			b.Run("path="+path+"/tracer="+tr.name, func(b *testing.B) {
+				tracer := tr.new()
+				c := benchCache(b, addr, Options{Tracer: tracer, TraceL1Hits: path == "l1hit-traced"})
+				c.l1.Wait()
+				ctx := context.Background()
+				before := c.Stats()
+				if path != "miss" {
+					loopGetOrLoad(b, ctx, c, hitLoader)
+					s := c.Stats()
+					if got := s.L1Hits + s.L1Unproven - before.L1Hits - before.L1Unproven; got < uint64(b.N) || s.Loads != 0 {
+						b.Fatalf("stats %+v after %d calls", s, b.N)
+					}
+					return
+				}
+				var keys []string // keys never read, made outside the timer
+				b.ReportAllocs()
+				b.ResetTimer()
+				for b.Loop() {
+					if len(keys) == 0 {
+						b.StopTimer()
+						for i := range 1000 {
+							keys = append(keys, fmt.Sprintf("miss-%d-%d", round, i))
+						}
+						round++
+						b.StartTimer()
+					}
+					v, err := c.GetOrLoad(ctx, keys[0], missLoader)
+					if err != nil || v.ID != 42 {
+						b.Fatal(v.ID, err)
+					}
+					benchSink = v
+					keys = keys[1:]
+				}
+				b.StopTimer()
+				if s := c.Stats(); s.Loads-before.Loads < uint64(b.N) {
+					b.Fatalf("loads %d < %d: not measuring misses", s.Loads-before.Loads, b.N)
+				}
+				if bt, ok := tracer.(*benchTracer); ok && bt.ended.Load() < 2*uint64(b.N) {
+					b.Fatalf("%d spans ended for %d misses, want 2 each", bt.ended.Load(), b.N)
+				}
+			})
+		}
+	}
 }

@@ -301,7 +301,7 @@ func (e *entry[V]) result() (V, error) {
 // outcome returns what an L1 entry means to a flight.
 func (e *entry[V]) outcome() outcome[V] {
 	v, err := e.result()
-	return outcome[V]{v: v, err: err}
+	return outcome[V]{v: v, err: err, from: OriginL1}
 }
 
 // Get returns the value of key from L1 or Redis. It returns ErrNotFound on
@@ -317,6 +317,9 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 }
 
 func (c *Cache[V]) get(ctx context.Context, key string) (V, error) {
+	if c.o.Tracer != nil { // the only cost of tracing when it is off
+		return c.getTraced(ctx, key)
+	}
 	if err := c.checkKey(key); err != nil {
 		var zero V
 		return zero, err
@@ -329,9 +332,55 @@ func (c *Cache[V]) get(ctx context.Context, key string) (V, error) {
 		}
 		return e.result()
 	}
+	v, _, _, err := c.fetchFlight(ctx, key, now, proven)
+	return v, err
+}
+
+// getTraced is get with a Tracer: a span once L1 did not answer, or from
+// the start with Options.TraceL1Hits.
+func (c *Cache[V]) getTraced(ctx context.Context, key string) (V, error) {
+	if err := c.checkKey(key); err != nil {
+		var zero V
+		return zero, err
+	}
+	var end func(SpanEnd)
+	if c.o.TraceL1Hits {
+		ctx, end = c.startSpan(ctx, OpGet, key, 1)
+	}
+	now := mono.Now()
+	proven := c.bus.Proven(now)
+	if e, ok := c.fromL1(key, now, proven); ok {
+		if e.stale != nil {
+			c.servedStale(ctx, key, e.stale)
+		}
+		v, err := e.result()
+		if end != nil {
+			end(readEnd(err, l1Origin(e), false))
+		}
+		return v, err
+	}
+	if end == nil {
+		ctx, end = c.startSpan(ctx, OpGet, key, 1)
+	}
+	v, from, shared, err := c.fetchFlight(ctx, key, now, proven)
+	end(readEnd(err, from, shared))
+	return v, err
+}
+
+// fetchFlight is the miss path of get: the flight of key, at now.
+func (c *Cache[V]) fetchFlight(ctx context.Context, key string, now int64, proven bool) (V, Origin, bool, error) {
 	return c.flight(ctx, &c.flightsFor(now, proven).fetches, key, func(fctx context.Context) outcome[V] {
 		return c.fetch(fctx, key)
 	})
+}
+
+// l1Origin is the origin of an answer from the L1 entry e: a value that
+// fail-safe served (and L1 keeps for FailSafeThrottle) is still stale.
+func l1Origin[V any](e *entry[V]) Origin {
+	if e.stale != nil {
+		return OriginStale
+	}
+	return OriginL1
 }
 
 // GetOrLoad returns the value of key from L1, Redis, or loader, in that
@@ -361,6 +410,9 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, loader Loader[V]) 
 }
 
 func (c *Cache[V]) getOrLoad(ctx context.Context, key string, loader Loader[V]) (V, error) {
+	if c.o.Tracer != nil { // the only cost of tracing when it is off
+		return c.getOrLoadTraced(ctx, key, loader)
+	}
 	if err := c.checkKey(key); err != nil {
 		var zero V
 		return zero, err
@@ -373,9 +425,46 @@ func (c *Cache[V]) getOrLoad(ctx context.Context, key string, loader Loader[V]) 
 		}
 		return e.result()
 	}
+	v, _, _, err := c.loadFlight(ctx, key, loader, now, proven)
+	return v, err
+}
+
+// getOrLoadTraced is getOrLoad with a Tracer: a span once L1 did not
+// answer, or from the start with Options.TraceL1Hits.
+func (c *Cache[V]) getOrLoadTraced(ctx context.Context, key string, loader Loader[V]) (V, error) {
+	if err := c.checkKey(key); err != nil {
+		var zero V
+		return zero, err
+	}
+	var end func(SpanEnd)
+	if c.o.TraceL1Hits {
+		ctx, end = c.startSpan(ctx, OpGetOrLoad, key, 1)
+	}
+	now := mono.Now()
+	proven := c.bus.Proven(now)
+	if e, ok := c.fromL1(key, now, proven); ok {
+		if now >= e.refresh || e.stale != nil { // rare: Fresh or MaxStale on
+			c.l1Special(ctx, key, e, now, loader)
+		}
+		v, err := e.result()
+		if end != nil {
+			end(readEnd(err, l1Origin(e), false))
+		}
+		return v, err
+	}
+	if end == nil {
+		ctx, end = c.startSpan(ctx, OpGetOrLoad, key, 1)
+	}
+	v, from, shared, err := c.loadFlight(ctx, key, loader, now, proven)
+	end(readEnd(err, from, shared))
+	return v, err
+}
+
+// loadFlight is the miss path of getOrLoad: the flight of key, at now.
+func (c *Cache[V]) loadFlight(ctx context.Context, key string, loader Loader[V], now int64, proven bool) (V, Origin, bool, error) {
 	if loader == nil {
 		var zero V
-		return zero, errors.New("tiered: nil loader")
+		return zero, OriginNone, false, errors.New("tiered: nil loader")
 	}
 	return c.flight(ctx, &c.flightsFor(now, proven).loads, key, func(fctx context.Context) outcome[V] {
 		return c.load(fctx, key, loader)
@@ -425,7 +514,10 @@ func (c *Cache[V]) flightsFor(now int64, proven bool) *flights[V] {
 // to leave, so when it leads it runs the flight on its own goroutine, which
 // saves a goroutine hand-off (measured in docs/benchmarks.md). Both kinds
 // join the same flights.
-func (c *Cache[V]) flight(ctx context.Context, g *group[V], key string, fn func(context.Context) outcome[V]) (V, error) {
+//
+// It also returns where the answer came from and whether the caller joined
+// a flight another caller led (shared), for its span.
+func (c *Cache[V]) flight(ctx context.Context, g *group[V], key string, fn func(context.Context) outcome[V]) (V, Origin, bool, error) {
 	cl, lead := g.join(key)
 	if lead {
 		if ctx.Done() == nil {
@@ -438,12 +530,12 @@ func (c *Cache[V]) flight(ctx context.Context, g *group[V], key string, fn func(
 	case <-cl.done:
 	case <-ctx.Done():
 		var zero V
-		return zero, ctx.Err()
+		return zero, OriginNone, !lead, ctx.Err()
 	}
 	if cl.stale != nil {
 		c.servedStale(ctx, key, cl.stale)
 	}
-	return cl.v, cl.err
+	return cl.v, cl.from, !lead, cl.err
 }
 
 // lead runs fn for cl, the flight of key in g that the caller leads, and
@@ -489,7 +581,7 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 		c.stats.rejected.Add(1)
 		return ErrKeyReserved
 	}
-	return c.set(ctx, key, v, 0)
+	return c.traced(ctx, OpSet, key, 1, func(ctx context.Context) error { return c.set(ctx, key, v, 0) })
 }
 
 // SetWithTTL is Set with a TTL of its own for this value instead of
@@ -505,7 +597,7 @@ func (c *Cache[V]) SetWithTTL(ctx context.Context, key string, v V, ttl time.Dur
 		c.stats.rejected.Add(1)
 		return ErrKeyReserved
 	}
-	return c.set(ctx, key, v, ttl)
+	return c.traced(ctx, OpSet, key, 1, func(ctx context.Context) error { return c.set(ctx, key, v, ttl) })
 }
 
 func (c *Cache[V]) set(ctx context.Context, key string, v V, ttl time.Duration) error {
@@ -558,7 +650,16 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 			return ErrKeyReserved
 		}
 	}
-	return c.delete(ctx, keys...)
+	return c.tracedDelete(ctx, keys)
+}
+
+// tracedDelete is delete in a span of OpDelete, when the cache has a Tracer.
+func (c *Cache[V]) tracedDelete(ctx context.Context, keys []string) error {
+	key := ""
+	if len(keys) == 1 {
+		key = keys[0]
+	}
+	return c.traced(ctx, OpDelete, key, len(keys), func(ctx context.Context) error { return c.delete(ctx, keys...) })
 }
 
 func (c *Cache[V]) delete(ctx context.Context, keys ...string) error {

@@ -99,6 +99,18 @@
 // have a TTL of its own, up to [Options.MaxTTL]: [Cache.SetWithTTL], or
 // [OverrideTTL] called by its loader.
 //
+// # Tracing
+//
+// [Options.Tracer], off by default, gets a span around each operation that
+// gets past L1 and each loader call ([Op] lists them), and the context it
+// returns is the one the loader and the operation's Redis calls get: a
+// tracing hook on the go-redis client (go-redis's redisotel) nests its
+// spans of the Redis round trips under the cache's, so the cache does not
+// trace Redis itself. L1 hits are not traced unless
+// [Options.TraceL1Hits] asks: a span costs many times a hit. The module
+// github.com/tieredcache/tiered/otelcache implements [Tracer] with
+// OpenTelemetry; this package depends on no tracing library.
+//
 // docs/design.md and docs/consistency.md in the repository describe the
 // mechanisms and the guarantees in full.
 package tiered

@@ -77,7 +77,7 @@ func (c *Cache[V]) serveStale(ctx context.Context, t l1.Ticket, key string, stal
 		m.stale, m.refresh = cause, math.MaxInt64
 		c.fill(t, key, stale.e.v, m, len(raw), c.o.FailSafeThrottle)
 	}
-	return outcome[V]{v: stale.e.v, stale: cause}
+	return outcome[V]{v: stale.e.v, stale: cause, from: OriginStale}
 }
 
 // servedStale counts a call answered with an expired value and tells its

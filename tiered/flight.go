@@ -126,7 +126,7 @@ func (c *Cache[V]) fetch(ctx context.Context, key string) outcome[V] {
 	switch {
 	case errors.Is(err, l2.ErrMiss):
 		c.stats.misses.Add(1)
-		return outcome[V]{err: ErrNotFound}
+		return outcome[V]{err: ErrNotFound, from: OriginRedis}
 	case err != nil:
 		return outcome[V]{err: fmt.Errorf("%w: %w", ErrUnavailable, err)}
 	}
@@ -134,7 +134,7 @@ func (c *Cache[V]) fetch(ctx context.Context, key string) outcome[V] {
 		return o
 	}
 	c.stats.misses.Add(1)
-	return outcome[V]{err: ErrNotFound}
+	return outcome[V]{err: ErrNotFound, from: OriginRedis}
 }
 
 // found is a value read from Redis and decoded.
@@ -185,9 +185,9 @@ func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte)
 	c.fillEntry(t, key, f.e, len(raw), time.Until(f.env.Expiry))
 	if f.env.Negative {
 		c.stats.negativeHits.Add(1)
-		return outcome[V]{err: ErrNotFound}, f, true
+		return outcome[V]{err: ErrNotFound, from: OriginRedis}, f, true
 	}
-	return outcome[V]{v: f.e.v}, f, true
+	return outcome[V]{v: f.e.v, from: OriginRedis}, f, true
 }
 
 // load is the flight of GetOrLoad: L1 again, Redis, then the lease and the
@@ -202,8 +202,7 @@ func (c *Cache[V]) load(ctx context.Context, key string, loader Loader[V]) outco
 	var stale *found[V]
 	switch {
 	case errors.Is(err, errPending):
-		r := c.callLoader(ctx, key, loader)
-		return outcome[V]{v: r.v, err: r.err}
+		return c.callLoader(ctx, key, loader).outcome()
 	case err == nil:
 		o, f, ok := c.hit(ctx, t, key, raw)
 		if ok {
@@ -321,7 +320,7 @@ func (c *Cache[V]) loadAndFill(ctx context.Context, t l1.Ticket, e epoch, key st
 // cache marks the lease uncacheable, so that the nodes waiting for it load
 // at once, in parallel, instead of taking the lease one after another.
 func (c *Cache[V]) fillLoaded(ctx context.Context, t l1.Ticket, e epoch, key string, lease l2.Lease, stale *found[V], r loaded[V]) outcome[V] {
-	o := outcome[V]{v: r.v, err: r.err}
+	o := r.outcome()
 	// The bus does not deliver a node's own messages: wake the flights of
 	// this process that wait for this lease (a flight started after a write
 	// of key, see written) directly, once the lease is filled or released.
@@ -393,12 +392,12 @@ func (c *Cache[V]) loadUnleased(ctx context.Context, t l1.Ticket, key string, lo
 		var zero V
 		c.fill(t, key, zero, metaOf(l2.Envelope{Negative: true}), l2.HeaderSize, c.negativeTTL(r.ttl))
 	}
-	return outcome[V]{v: r.v, err: r.err}
+	return r.outcome()
 }
 
 // callLoader runs loader for key (see runLoader).
 func (c *Cache[V]) callLoader(ctx context.Context, key string, loader Loader[V]) loaded[V] {
-	return c.runLoader(ctx, []string{key}, func(lctx context.Context) (V, error) { return loader.Load(lctx, key) })
+	return c.runLoader(ctx, OpLoad, []string{key}, func(lctx context.Context) (V, error) { return loader.Load(lctx, key) })
 }
 
 // addWaiter registers a flight of key as waiting for a lease. There is

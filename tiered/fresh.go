@@ -114,7 +114,15 @@ func (c *Cache[V]) refreshAhead(ctx context.Context, key string, seen time.Time,
 	}
 	go func() {
 		defer c.running.Done()
-		c.refreshing.done(key, c.refresh(context.WithoutCancel(ctx), key, seen, loader))
+		ctx := context.WithoutCancel(ctx)
+		if c.o.Tracer == nil {
+			c.refreshing.done(key, c.refresh(ctx, key, seen, loader))
+			return
+		}
+		ctx, end := c.startSpan(ctx, OpRefresh, key, 1)
+		until := c.refresh(ctx, key, seen, loader)
+		end(SpanEnd{})
+		c.refreshing.done(key, until)
 	}()
 }
 

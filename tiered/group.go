@@ -26,6 +26,7 @@ type call[V any] struct {
 	v     V
 	err   error
 	stale error // non-nil: v is an expired value served through fail-safe; the cause
+	from  Origin
 }
 
 // group is one generation of flights of one kind (loads or fetches).
@@ -58,7 +59,7 @@ func (g *group[V]) finish(key string, c *call[V], o outcome[V]) {
 		delete(g.m, key)
 	}
 	g.mu.Unlock()
-	c.v, c.err, c.stale = o.v, o.err, o.stale
+	c.v, c.err, c.stale, c.from = o.v, o.err, o.stale, o.from
 	close(c.done)
 }
 
@@ -120,7 +121,8 @@ func (g *group[V]) forget(key string) {
 type outcome[V any] struct {
 	v     V
 	err   error
-	stale error // see call.stale
+	stale error  // see call.stale
+	from  Origin // where v or err came from, for a span (see SpanEnd.Origin)
 }
 
 // errAbandoned is the error of a flight whose leader goroutine ended

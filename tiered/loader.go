@@ -73,6 +73,11 @@ type loaded[V any] struct {
 	untracked bool
 }
 
+// outcome returns r to a flight.
+func (r loaded[V]) outcome() outcome[V] {
+	return outcome[V]{v: r.v, err: r.err, from: OriginLoader}
+}
+
 // runLoader runs load on a goroutine of its own with a context that ends
 // after LoadTimeout, and returns what it returned, or, if it has not
 // returned when that context ends (a loader that ignores its context), an
@@ -81,10 +86,22 @@ type loaded[V any] struct {
 // goroutine that exits (runtime.Goexit) errAbandoned. The goroutine counts
 // as running, so Close waits for it.
 //
+// op is OpLoad (keys is one key) or OpLoadMany: the span of the call, when
+// the cache has a Tracer, ends when runLoader returns.
+//
 // ctx must not be cancellable before LoadTimeout other than by the cache:
 // flights pass one without their callers' cancellation.
-func (c *Cache[V]) runLoader(ctx context.Context, keys []string, load func(context.Context) (V, error)) loaded[V] {
+func (c *Cache[V]) runLoader(ctx context.Context, op Op, keys []string, load func(context.Context) (V, error)) (r loaded[V]) {
 	c.stats.loads.Add(1)
+	if c.o.Tracer != nil {
+		key := ""
+		if op == OpLoad {
+			key = keys[0]
+		}
+		var end func(SpanEnd)
+		ctx, end = c.startSpan(ctx, op, key, len(keys))
+		defer func() { end(SpanEnd{Err: r.err}) }()
+	}
 	st := &loadState{addTags: func(ctx context.Context, tags []string) error { return c.addTags(ctx, keys, tags) }}
 	lctx, cancel := context.WithTimeout(context.WithValue(ctx, loadKey{}, st), c.o.LoadTimeout)
 	defer cancel() // only once the loader returned or LoadTimeout passed
@@ -102,7 +119,6 @@ func (c *Cache[V]) runLoader(ctx context.Context, keys []string, load func(conte
 		v, err := load(lctx)
 		r = loaded[V]{v: v, err: err, ttl: time.Duration(st.ttl.Load()), untracked: st.untracked.Load()}
 	}()
-	var r loaded[V]
 	select {
 	case r = <-ch:
 	case <-lctx.Done():

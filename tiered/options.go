@@ -190,6 +190,21 @@ type Options struct {
 	// Logger receives rate-limited reports of Redis failures, corrupt
 	// values and rejected inputs. Default: discard.
 	Logger *slog.Logger
+
+	// Tracer, if set, gets a span around every operation that gets past
+	// L1 and every loader call (see Tracer and Op), and the context it
+	// returns is passed to the loader and to every Redis call of the
+	// operation, so that a tracing hook on the redis client nests its
+	// spans under the cache's. otelcache.Tracer implements it with
+	// OpenTelemetry. Default nil: no tracing, at the cost of a nil check
+	// per read.
+	Tracer Tracer
+
+	// TraceL1Hits makes reads answered by L1 traced too (with Tracer), as
+	// spans with Origin OriginL1. It costs an L1 hit what a span costs,
+	// several times the hit itself (docs/benchmarks.md). Default false:
+	// L1 hits are not traced, and cost what they cost without a Tracer.
+	TraceL1Hits bool
 }
 
 func invalid(format string, args ...any) error {

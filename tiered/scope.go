@@ -119,7 +119,7 @@ func (s Scoped[V]) GetManyCached(ctx context.Context, keys []string) (map[string
 // the tag cannot be recorded, the key is deleted instead (an untagged value
 // would survive Clear) and the error returned.
 func (s Scoped[V]) Set(ctx context.Context, key string, v V) error {
-	return s.set(ctx, key, v, 0)
+	return s.tracedSet(ctx, key, v, 0)
 }
 
 // SetWithTTL is Cache.SetWithTTL of this identity's key; see Set.
@@ -127,7 +127,15 @@ func (s Scoped[V]) SetWithTTL(ctx context.Context, key string, v V, ttl time.Dur
 	if ttl <= 0 || ttl > s.c.o.MaxTTL {
 		return s.c.SetWithTTL(ctx, key, v, ttl) // its ErrInvalidTTL
 	}
-	return s.set(ctx, key, v, ttl)
+	return s.tracedSet(ctx, key, v, ttl)
+}
+
+// tracedSet is set in a span of OpSet, when the cache has a Tracer.
+func (s Scoped[V]) tracedSet(ctx context.Context, key string, v V, ttl time.Duration) error {
+	if s.c.o.Tracer == nil { // do not build the stored key twice
+		return s.set(ctx, key, v, ttl)
+	}
+	return s.c.traced(ctx, OpSet, s.Key(key), 1, func(ctx context.Context) error { return s.set(ctx, key, v, ttl) })
 }
 
 func (s Scoped[V]) set(ctx context.Context, key string, v V, ttl time.Duration) error {
@@ -146,7 +154,7 @@ func (s Scoped[V]) set(ctx context.Context, key string, v V, ttl time.Duration) 
 
 // Delete is Cache.Delete of this identity's keys.
 func (s Scoped[V]) Delete(ctx context.Context, keys ...string) error {
-	return s.c.delete(ctx, s.keys(keys)...)
+	return s.c.tracedDelete(ctx, s.keys(keys))
 }
 
 // Clear drops every entry of this identity, from Redis and from every
