@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -53,9 +54,7 @@ var errSlotMoved = errors.New("pubsub: Redis moved a slot of the sharded bus awa
 // rejects an SSUBSCRIBE whose channels span slots, even on one node), the
 // masters in parallel. Every call gets a deadline: go-redis dials with the
 // context of the call, and a dial through a connection that never answers
-// would block the bus. Sharded, the deadline is shardedOpenIntervals health
-// intervals: writing 16384 SSUBSCRIBEs takes go-redis about 0.2 s on an
-// idle 2-core machine and over 0.5 s under the race detector.
+// would block the bus. Sharded, the deadline is shardedAllowance.
 func (b *Bus) open(ctx context.Context) (*session, error) {
 	if !b.sharded {
 		ctx, cancel := context.WithTimeout(ctx, b.o.HealthInterval)
@@ -63,7 +62,7 @@ func (b *Bus) open(ctx context.Context) (*session, error) {
 		ps := b.rdb.Subscribe(ctx, b.o.Channel)
 		return &session{shards: []*shard{{ps: ps, channels: 1}}}, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, shardedOpenIntervals*b.o.HealthInterval)
+	ctx, cancel := context.WithTimeout(ctx, b.shardedAllowance())
 	defer cancel()
 	// Group the slots by the master the client routes them to: the
 	// client's slot map, so that the bus and the writers agree.
@@ -101,9 +100,16 @@ func (b *Bus) open(ctx context.Context) (*session, error) {
 	return s, nil
 }
 
-// shardedOpenIntervals is how many health intervals a sharded session may
-// take to send its subscriptions.
-const shardedOpenIntervals = 5
+// shardedAllowance is how long a sharded session may take to send its
+// subscriptions, and then to have them all confirmed: 5 health intervals,
+// and at least shardedMinAllowance. 16,384 SSUBSCRIBEs and their replies
+// take about 0.2 s on an idle 2-core machine, seconds under the race
+// detector and load; a health interval of 200 ms would never be enough.
+func (b *Bus) shardedAllowance() time.Duration {
+	return max(5*b.o.HealthInterval, shardedMinAllowance)
+}
+
+const shardedMinAllowance = 5 * time.Second
 
 // serve receives on every shard of s until one fails or ctx is done, and
 // returns the first error. One shard is served on the calling goroutine.
@@ -135,11 +141,16 @@ func (b *Bus) serve(ctx context.Context, s *session, bo *backoff) error {
 // receive reads from sh until ctx is done or the session must be replaced,
 // and says why. go-redis treats a read timeout as harmless and keeps the
 // connection, so a connection that stays open and silent is replaced here:
-// when its subscription is not confirmed within a health interval, or when
+// when its subscription is not confirmed within a health interval (sharded:
+// shardedAllowance), or when
 // nothing at all (not even a PONG to the PINGs the pinger sends at least
 // every interval) has arrived for two.
 func (b *Bus) receive(ctx context.Context, s *session, sh *shard, bo *backoff) error {
 	interval := int64(b.o.HealthInterval)
+	confirmWithin := interval // a SUBSCRIBE's confirmation
+	if sh.channels > 1 {
+		confirmWithin = int64(b.shardedAllowance())
+	}
 	start := mono.Now()
 	last, confirmed := start, false
 	for {
@@ -156,7 +167,7 @@ func (b *Bus) receive(ctx context.Context, s *session, sh *shard, bo *backoff) e
 				return err
 			}
 			switch {
-			case !confirmed && now-start > interval:
+			case !confirmed && now-start > confirmWithin:
 				b.replaced.Add(1)
 				return errNotConfirmed
 			case now-last > 2*interval:
