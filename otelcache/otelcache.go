@@ -117,10 +117,10 @@ type counter[S any] struct {
 
 // cacheCounters are the instruments of Register, one per tiered.Stats field.
 var cacheCounters = []counter[tiered.Stats]{
-	{"tiered.cache.l1.hits", "{call}", "Calls answered from L1, cached \"not found\" included.", func(s *tiered.Stats) uint64 { return s.L1Hits }},
-	{"tiered.cache.l2.hits", "{flight}", "Flights answered from Redis; one flight may answer many callers.", func(s *tiered.Stats) uint64 { return s.L2Hits }},
-	{"tiered.cache.misses", "{flight}", "Flights that found the key in neither tier.", func(s *tiered.Stats) uint64 { return s.Misses }},
-	{"tiered.cache.negative_hits", "{call}", "L1 calls and Redis flights answered by a cached \"not found\".", func(s *tiered.Stats) uint64 { return s.NegativeHits }},
+	{"tiered.cache.l1.hits", "{read}", "Reads answered from L1, cached \"not found\" included.", func(s *tiered.Stats) uint64 { return s.L1Hits }},
+	{"tiered.cache.l2.hits", "{read}", "Reads answered from Redis, cached \"not found\" included.", func(s *tiered.Stats) uint64 { return s.L2Hits }},
+	{"tiered.cache.misses", "{read}", "Reads answered by neither tier (loader, fail-safe, not found, error).", func(s *tiered.Stats) uint64 { return s.Misses }},
+	{"tiered.cache.negative_hits", "{read}", "Reads answered from L1 or Redis by a cached \"not found\".", func(s *tiered.Stats) uint64 { return s.NegativeHits }},
 	{"tiered.cache.loads", "{call}", "Loader calls.", func(s *tiered.Stats) uint64 { return s.Loads }},
 	{"tiered.cache.load_errors", "{call}", "Loader calls that failed (not found is not a failure).", func(s *tiered.Stats) uint64 { return s.LoadErrors }},
 	{"tiered.cache.lease_waits", "{flight}", "Flights that waited for another node's lease.", func(s *tiered.Stats) uint64 { return s.LeaseWaits }},

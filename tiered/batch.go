@@ -154,6 +154,7 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, loader BulkLoader[V]
 			continue
 		}
 		if e, ok := c.fromL1(k, now, proven); ok {
+			c.stats.hits.add(e.neg)
 			if now >= e.refresh || e.stale != nil { // rare: Fresh or MaxStale on
 				var one Loader[V]
 				if loader != nil {
@@ -191,8 +192,10 @@ func (c *Cache[V]) many(ctx context.Context, keys []string, loader BulkLoader[V]
 		select {
 		case <-cl.done:
 		case <-ctx.Done():
+			c.stats.misses.Add(uint64(len(calls) - i)) // the reads it leaves
 			return res, ctx.Err()
 		}
+		c.stats.read(cl.from, cl.miss, cl.err)
 		switch k := miss[i]; {
 		case cl.err == nil:
 			res[k] = cl.v
@@ -260,7 +263,7 @@ type item[V any] struct {
 }
 
 func (it *item[V]) finish(o outcome[V]) {
-	it.cl.v, it.cl.err, it.cl.stale, it.cl.from = o.v, o.err, o.stale, o.from
+	it.cl.v, it.cl.err, it.cl.stale, it.cl.from, it.cl.miss = o.v, o.err, o.stale, o.from, o.miss
 	it.done = true
 }
 
@@ -270,7 +273,6 @@ func (b *batch[V]) run(ctx context.Context) {
 	// Unlike a single flight, a batch does not look in L1 again: the
 	// caller did so microseconds ago, and a second ristretto lookup per
 	// key costs more than the rare Redis read it could save.
-	c := b.c
 	raws, err := b.read(ctx)
 	if err != nil {
 		for i := range b.items {
@@ -309,9 +311,8 @@ func (b *batch[V]) run(ctx context.Context) {
 		if it.done || it.pending || it.unleased {
 			continue
 		}
-		c.stats.misses.Add(1)
 		if b.loader == nil {
-			it.finish(outcome[V]{err: ErrNotFound, from: OriginRedis})
+			it.finish(outcome[V]{err: ErrNotFound, from: OriginRedis, miss: true})
 			continue
 		}
 		misses = append(misses, i)

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/tieredcache/tiered/internal/redistest"
-	"github.com/tieredcache/tiered/pubsub"
 )
 
 // bulkDB is a fake database with a BulkLoad that records its calls.
@@ -332,13 +331,12 @@ func TestGetManyFleet(t *testing.T) {
 func testGetManyFleet(t *testing.T, tg fleetTarget) {
 	ctx := context.Background()
 	db := newBulkDB(60)
-	// A long MaxStaleness, as newNode sets one: this test counts the
-	// fleet's loads, and on a loaded machine a lapsed proof would split a
-	// node's flights. Not above 4 health intervals: the bus then PINGs
-	// only every MaxStaleness/4, so a proof comes late (a sharded bus
-	// often PINGs once before its 16384 channels are confirmed), and past
-	// 8 an idle subscription is replaced as silent.
-	fleet := newFleetOn(t, tg, 3, Options{MaxStaleness: 4 * pubsub.DefaultHealthInterval})
+	// This test counts the fleet's loads, so nothing may fall through to an
+	// unleased load: a long MaxStaleness, as newNode sets one (a lapsed
+	// proof splits a node's flights), and a long OpTimeout (a read made on
+	// a new connection waits for the server check, which a loaded machine
+	// may not finish within the default 200 ms, and then loads unleased).
+	fleet := newFleetOn(t, tg, 3, Options{MaxStaleness: time.Minute, OpTimeout: 5 * time.Second})
 	var wg sync.WaitGroup
 	for _, nd := range fleet {
 		c := nd.c

@@ -124,6 +124,7 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 		pollMin:   pollMin,
 		pollMax:   pollMax,
 		closing:   make(chan struct{}),
+		stats:     counters{hits: newStripes()},
 	}
 	if o.BreakerFailures < 0 {
 		c.brk.threshold = math.MaxInt64
@@ -266,7 +267,7 @@ func reserved(key string) bool { return len(key) > 0 && key[0] == scopeMark[0] }
 // fromL1 looks key up in L1 at now (a mono.Now reading), given whether the
 // bus proved L1 fresh at now. L1 is not consulted without that proof (an
 // invalidation may have been published and not applied), nor for a key
-// whose invalidation is pending in the outbox.
+// whose invalidation is pending in the outbox. The caller counts the hit.
 func (c *Cache[V]) fromL1(key string, now int64, proven bool) (*entry[V], bool) {
 	if c.l1 == nil {
 		return nil, false
@@ -278,15 +279,7 @@ func (c *Cache[V]) fromL1(key string, now int64, proven bool) (*entry[V], bool) 
 	if c.bus.Pending(c.o.Namespace, key) {
 		return nil, false
 	}
-	e, ok := c.l1.GetAt(key, now)
-	if !ok {
-		return nil, false
-	}
-	c.stats.l1Hits.Add(1)
-	if e.neg {
-		c.stats.negativeHits.Add(1)
-	}
-	return e, true
+	return c.l1.GetAt(key, now)
 }
 
 // result returns what an L1 entry means to a caller.
@@ -327,6 +320,7 @@ func (c *Cache[V]) get(ctx context.Context, key string) (V, error) {
 	now := mono.Now()
 	proven := c.bus.Proven(now)
 	if e, ok := c.fromL1(key, now, proven); ok {
+		c.stats.hits.add(e.neg)
 		if e.stale != nil {
 			c.servedStale(ctx, key, e.stale)
 		}
@@ -350,6 +344,7 @@ func (c *Cache[V]) getTraced(ctx context.Context, key string) (V, error) {
 	now := mono.Now()
 	proven := c.bus.Proven(now)
 	if e, ok := c.fromL1(key, now, proven); ok {
+		c.stats.hits.add(e.neg)
 		if e.stale != nil {
 			c.servedStale(ctx, key, e.stale)
 		}
@@ -420,6 +415,7 @@ func (c *Cache[V]) getOrLoad(ctx context.Context, key string, loader Loader[V]) 
 	now := mono.Now()
 	proven := c.bus.Proven(now)
 	if e, ok := c.fromL1(key, now, proven); ok {
+		c.stats.hits.add(e.neg)
 		if now >= e.refresh || e.stale != nil { // rare: Fresh or MaxStale on
 			c.l1Special(ctx, key, e, now, loader)
 		}
@@ -443,6 +439,7 @@ func (c *Cache[V]) getOrLoadTraced(ctx context.Context, key string, loader Loade
 	now := mono.Now()
 	proven := c.bus.Proven(now)
 	if e, ok := c.fromL1(key, now, proven); ok {
+		c.stats.hits.add(e.neg)
 		if now >= e.refresh || e.stale != nil { // rare: Fresh or MaxStale on
 			c.l1Special(ctx, key, e, now, loader)
 		}
@@ -515,8 +512,9 @@ func (c *Cache[V]) flightsFor(now int64, proven bool) *flights[V] {
 // saves a goroutine hand-off (measured in docs/benchmarks.md). Both kinds
 // join the same flights.
 //
-// It also returns where the answer came from and whether the caller joined
-// a flight another caller led (shared), for its span.
+// It counts the caller's read (Stats counts reads, not flights) and returns
+// where the answer came from and whether the caller joined a flight another
+// caller led (shared), for its span.
 func (c *Cache[V]) flight(ctx context.Context, g *group[V], key string, fn func(context.Context) outcome[V]) (V, Origin, bool, error) {
 	cl, lead := g.join(key)
 	if lead {
@@ -529,9 +527,11 @@ func (c *Cache[V]) flight(ctx context.Context, g *group[V], key string, fn func(
 	select {
 	case <-cl.done:
 	case <-ctx.Done():
+		c.stats.misses.Add(1)
 		var zero V
 		return zero, OriginNone, !lead, ctx.Err()
 	}
+	c.stats.read(cl.from, cl.miss, cl.err)
 	if cl.stale != nil {
 		c.servedStale(ctx, key, cl.stale)
 	}

@@ -23,7 +23,7 @@ func newClusterNode(t *testing.T, cl *redistest.Cluster) *Cache[Product] {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
 	if err := c.Bus().WaitHealthy(ctx); err != nil {
 		t.Fatalf("bus never became healthy: %v", err)

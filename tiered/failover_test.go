@@ -70,7 +70,7 @@ func haNodes(t *testing.T, tg haTarget, db *memDB, names ...string) []*faultNode
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 		err = c.WaitReady(ctx)
 		cancel()
 		if err != nil {

@@ -175,7 +175,7 @@ func newFaultNodeOn(t *testing.T, name string, data, busClient redis.UniversalCl
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
 	if err := c.WaitReady(ctx); err != nil {
 		t.Fatalf("%s never became ready: %v", name, err)

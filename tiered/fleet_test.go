@@ -222,7 +222,7 @@ func newFleetOn(t *testing.T, tg fleetTarget, n int, opts Options) []*fleetNode 
 	}
 	// A sharded bus sends 16384 SSUBSCRIBEs: seconds on a busy machine
 	// under the race detector.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
 	for _, nd := range nodes {
 		if err := nd.c.WaitReady(ctx); err != nil {

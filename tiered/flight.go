@@ -125,16 +125,14 @@ func (c *Cache[V]) fetch(ctx context.Context, key string) outcome[V] {
 	t, _, raw, err := c.readL2(ctx, key)
 	switch {
 	case errors.Is(err, l2.ErrMiss):
-		c.stats.misses.Add(1)
-		return outcome[V]{err: ErrNotFound, from: OriginRedis}
+		return outcome[V]{err: ErrNotFound, from: OriginRedis, miss: true}
 	case err != nil:
 		return outcome[V]{err: fmt.Errorf("%w: %w", ErrUnavailable, err)}
 	}
 	if o, _, ok := c.hit(ctx, t, key, raw); ok {
 		return o
 	}
-	c.stats.misses.Add(1)
-	return outcome[V]{err: ErrNotFound, from: OriginRedis}
+	return outcome[V]{err: ErrNotFound, from: OriginRedis, miss: true}
 }
 
 // found is a value read from Redis and decoded.
@@ -180,11 +178,9 @@ func (c *Cache[V]) hit(ctx context.Context, t l1.Ticket, key string, raw []byte)
 	if f.env.Expired(time.Now()) {
 		return o, f, false
 	}
-	c.stats.l2Hits.Add(1)
 	f.e.meta = metaOf(f.env)
 	c.fillEntry(t, key, f.e, len(raw), time.Until(f.env.Expiry))
 	if f.env.Negative {
-		c.stats.negativeHits.Add(1)
 		return outcome[V]{err: ErrNotFound, from: OriginRedis}, f, true
 	}
 	return outcome[V]{v: f.e.v, from: OriginRedis}, f, true
@@ -213,7 +209,6 @@ func (c *Cache[V]) load(ctx context.Context, key string, loader Loader[V]) outco
 	case !errors.Is(err, l2.ErrMiss):
 		return c.loadUnleased(ctx, t, key, loader, nil)
 	}
-	c.stats.misses.Add(1)
 	return c.loadLeased(ctx, t, e, key, loader, stale)
 }
 

@@ -27,6 +27,7 @@ type call[V any] struct {
 	err   error
 	stale error // non-nil: v is an expired value served through fail-safe; the cause
 	from  Origin
+	miss  bool // see outcome.miss
 }
 
 // group is one generation of flights of one kind (loads or fetches).
@@ -59,7 +60,7 @@ func (g *group[V]) finish(key string, c *call[V], o outcome[V]) {
 		delete(g.m, key)
 	}
 	g.mu.Unlock()
-	c.v, c.err, c.stale, c.from = o.v, o.err, o.stale, o.from
+	c.v, c.err, c.stale, c.from, c.miss = o.v, o.err, o.stale, o.from, o.miss
 	close(c.done)
 }
 
@@ -123,6 +124,7 @@ type outcome[V any] struct {
 	err   error
 	stale error  // see call.stale
 	from  Origin // where v or err came from, for a span (see SpanEnd.Origin)
+	miss  bool   // err is ErrNotFound because Redis had no value (Get): a miss, not a hit (Stats)
 }
 
 // errAbandoned is the error of a flight whose leader goroutine ended

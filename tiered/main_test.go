@@ -24,6 +24,11 @@ func TestMain(m *testing.M) {
 	leakcheck.Main(m)
 }
 
+// readyTimeout bounds a test's wait for a new node to be ready. A sharded
+// bus subscribes to 16,384 channels, which takes seconds under the race
+// detector on a loaded 2-core machine.
+const readyTimeout = 30 * time.Second
+
 // Product is the value type of most tests.
 type Product struct {
 	ID      int    `json:"id"`
