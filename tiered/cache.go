@@ -150,10 +150,20 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 	go c.maintain()
 	c.kickMaintenance()
 	if !contextTimeouts(rdb) {
-		c.log.Log(slog.LevelWarn, "tiered: the redis client has ContextTimeoutEnabled off; OpTimeout cannot cut a call to a server that does not answer", nil,
-			slog.String("namespace", o.Namespace))
+		c.warn("tiered: the redis client has ContextTimeoutEnabled off; OpTimeout cannot cut a call to a server that does not answer")
 	}
 	return c, nil
+}
+
+// warn reports a misconfiguration: to Options.Logger, or to slog.Default()
+// when there is none (see Options.Logger). It is called at most once per
+// cause, so it is not rate-limited.
+func (c *Cache[V]) warn(msg string) {
+	l := c.o.Logger
+	if l == nil {
+		l = slog.Default()
+	}
+	l.Warn(msg, slog.String("namespace", c.o.Namespace))
 }
 
 // defaultCodec is the codec of a cache of V when Options.Codec is nil.

@@ -3,6 +3,7 @@ package tiered
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -21,6 +22,9 @@ func TestMain(m *testing.M) {
 		os.Exit(runChildNode(addr))
 	}
 	redistest.QuietLogs() // failover tests make go-redis log every refused dial
+	// Most test clients leave ContextTimeoutEnabled off, and a cache with
+	// no Logger warns about it on slog.Default (TestWarningsWithoutLogger).
+	slog.SetDefault(slog.New(slog.DiscardHandler))
 	leakcheck.Main(m)
 }
 

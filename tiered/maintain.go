@@ -136,8 +136,7 @@ func (c *Cache[V]) resync(sess uint64) {
 	if !c.warned {
 		c.warned = true
 		if p := c.l2.Persistence(ctx); p != "" {
-			c.log.Log(slog.LevelWarn, "tiered: redis persistence is on ("+p+"); a restart brings back values that later writes removed, and the cache purges its namespace when it sees one (docs/operations.md)", nil,
-				slog.String("namespace", c.o.Namespace))
+			c.warn("tiered: redis persistence is on (" + p + "); a restart brings back values that later writes removed, and the cache purges its namespace when it sees one (docs/operations.md)")
 		}
 	}
 	c.syncMu.Lock()

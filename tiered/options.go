@@ -188,7 +188,10 @@ type Options struct {
 	Bus *pubsub.Bus
 
 	// Logger receives rate-limited reports of Redis failures, corrupt
-	// values and rejected inputs. Default: discard.
+	// values and rejected inputs, and the warnings about a misconfiguration
+	// (a client without ContextTimeoutEnabled, Redis persistence on).
+	// Default: the reports are discarded, and the warnings go to
+	// slog.Default(), so that a service that set no Logger still sees them.
 	Logger *slog.Logger
 
 	// Tracer, if set, gets a span around every operation that gets past
