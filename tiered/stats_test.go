@@ -1,15 +1,10 @@
 package tiered
 
 import (
-	"bytes"
 	"context"
-	"log/slog"
-	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/redistest"
 )
@@ -73,35 +68,4 @@ func TestStatsCountReads(t *testing.T) {
 			}
 		}
 	})
-}
-
-// TestWarningsWithoutLogger: a misconfiguration warning reaches
-// slog.Default() when Options.Logger is nil, and Options.Logger when set.
-// Before, it went to the Logger only, which discards by default, so the
-// users who needed it never saw it. Not parallel: it replaces slog.Default.
-func TestWarningsWithoutLogger(t *testing.T) {
-	mr := redistest.Mini(t)
-	for _, withLogger := range []bool{false, true} {
-		var got bytes.Buffer
-		h := slog.NewTextHandler(&got, nil)
-		prev := slog.Default()
-		var opts Options
-		if withLogger {
-			opts.Logger = slog.New(h)
-			slog.SetDefault(slog.New(slog.DiscardHandler))
-		} else {
-			slog.SetDefault(slog.New(h))
-		}
-		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr}) // ContextTimeoutEnabled off
-		c, err := New[Product](rdb, &Options{Namespace: "warn", TTL: time.Minute, Logger: opts.Logger})
-		slog.SetDefault(prev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Close()
-		rdb.Close()
-		if !strings.Contains(got.String(), "ContextTimeoutEnabled off") {
-			t.Errorf("Logger set %v: the warning %q did not reach it", withLogger, got.String())
-		}
-	}
 }
