@@ -74,8 +74,6 @@ func (e *BatchError) Unwrap() []error {
 	return errs
 }
 
-var errNilBulkLoader = errors.New("tiered: nil bulk loader")
-
 // GetMany returns the values of keys from L1, Redis, or loader, in that
 // order, and caches what loader returns in both tiers: GetOrLoad for many
 // keys, in one round trip per step instead of one per key.
@@ -94,10 +92,10 @@ var errNilBulkLoader = errors.New("tiered: nil bulk loader")
 // Errors: if some keys fail (an invalid key, a loader error, a panic), the
 // values of the others are returned with a *BatchError that maps each
 // failed key to its error. If ctx ends, the values found so far are
-// returned with ctx's error. ErrClosed; an error for a nil loader.
+// returned with ctx's error. ErrClosed; ErrNilLoader.
 func (c *Cache[V]) GetMany(ctx context.Context, keys []string, loader BulkLoader[V]) (map[string]V, error) {
 	if loader == nil {
-		return nil, errNilBulkLoader
+		return nil, ErrNilLoader
 	}
 	return c.many(ctx, keys, loader, true)
 }

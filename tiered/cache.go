@@ -399,9 +399,9 @@ func l1Origin[V any](e *entry[V]) Origin {
 //
 // Errors: ErrNotFound when loader returned it or a cached "not found" says
 // so; the loader's error; a *PanicError if it panicked; ctx's error;
-// ErrKeyEmpty, ErrKeyTooLong or ErrClosed. A loaded value too large to cache
-// (ErrValueTooLarge) or that the codec cannot encode is still returned, and
-// counted in Stats.Rejected.
+// ErrKeyEmpty, ErrKeyTooLong, ErrNilLoader or ErrClosed. A loaded value too
+// large to cache (ErrValueTooLarge) or that the codec cannot encode is
+// still returned, and counted in Stats.Rejected.
 //
 // All callers of GetOrLoad for one key should pass equivalent loaders: a
 // caller may receive the result of another caller's loader.
@@ -415,6 +415,10 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, loader Loader[V]) 
 }
 
 func (c *Cache[V]) getOrLoad(ctx context.Context, key string, loader Loader[V]) (V, error) {
+	if loader == nil {
+		var zero V
+		return zero, ErrNilLoader
+	}
 	if c.o.Tracer != nil { // the only cost of tracing when it is off
 		return c.getOrLoadTraced(ctx, key, loader)
 	}
@@ -469,10 +473,6 @@ func (c *Cache[V]) getOrLoadTraced(ctx context.Context, key string, loader Loade
 
 // loadFlight is the miss path of getOrLoad: the flight of key, at now.
 func (c *Cache[V]) loadFlight(ctx context.Context, key string, loader Loader[V], now int64, proven bool) (V, Origin, bool, error) {
-	if loader == nil {
-		var zero V
-		return zero, OriginNone, false, errors.New("tiered: nil loader")
-	}
 	return c.flight(ctx, &c.flightsFor(now, proven).loads, key, func(fctx context.Context) outcome[V] {
 		return c.load(fctx, key, loader)
 	})

@@ -60,6 +60,10 @@ var (
 	// past LoadTimeout: its callers get this error at the deadline.
 	ErrLoadTimeout = errors.New("tiered: load timed out")
 
+	// ErrNilLoader is returned by GetOrLoad and GetMany called with a nil
+	// loader, whether or not L1 holds the key.
+	ErrNilLoader = errors.New("tiered: nil loader")
+
 	// ErrSoftTimeout is wrapped by ReadInfo.StaleCause when an expired
 	// value was served because its load ran past Options.SoftTimeout. It
 	// is never returned by a read.

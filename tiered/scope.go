@@ -89,7 +89,7 @@ func (s Scoped[V]) Get(ctx context.Context, key string) (V, error) {
 // see the keys as given here.
 func (s Scoped[V]) GetMany(ctx context.Context, keys []string, loader BulkLoader[V]) (map[string]V, error) {
 	if loader == nil {
-		return nil, errNilBulkLoader
+		return nil, ErrNilLoader
 	}
 	scoped := BulkLoaderFunc[V](func(ctx context.Context, ks []string) (map[string]V, error) {
 		if err := AddTags(ctx, s.tag); err != nil {

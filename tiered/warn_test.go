@@ -2,6 +2,8 @@ package tiered
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -40,5 +42,27 @@ func TestWarningsWithoutLogger(t *testing.T) {
 		if !strings.Contains(got.String(), "ContextTimeoutEnabled off") {
 			t.Errorf("Logger set %v: the warning %q did not reach it", withLogger, got.String())
 		}
+	}
+}
+
+// TestNilLoader: a nil loader is ErrNilLoader at once, whether or not L1
+// holds the key. Before, a GetOrLoad answered by L1 returned the value,
+// and one that missed returned an error no sentinel matched.
+func TestNilLoader(t *testing.T) {
+	c, _ := newNode[Product](t, redistest.Mini(t).Addr, Options{})
+	ctx := context.Background()
+	if err := c.Set(ctx, "k", Product{Name: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"k", "absent"} {
+		if _, err := c.GetOrLoad(ctx, key, nil); !errors.Is(err, ErrNilLoader) {
+			t.Errorf("GetOrLoad(%q, nil) = %v, want ErrNilLoader", key, err)
+		}
+	}
+	if _, err := c.GetMany(ctx, []string{"k"}, nil); !errors.Is(err, ErrNilLoader) {
+		t.Errorf("GetMany(nil) = %v, want ErrNilLoader", err)
+	}
+	if _, err := c.Scope("u").GetOrLoad(ctx, "k", nil); !errors.Is(err, ErrNilLoader) {
+		t.Errorf("Scoped.GetOrLoad(nil) = %v, want ErrNilLoader", err)
 	}
 }
