@@ -52,8 +52,9 @@ func TestNewValidatesOptions(t *testing.T) {
 	}
 }
 
-// TestCacheAside is the seed's test: the first read loads, the second makes
-// no database call, and after Delete the key is gone from both tiers.
+// TestCacheAside is the cache-aside contract at its simplest: the first
+// read loads, the second makes no database call, and after Delete the key
+// is gone from both tiers.
 func TestCacheAside(t *testing.T) {
 	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()

@@ -529,8 +529,8 @@ func TestFaultPause(t *testing.T) {
 
 // TestFaultLatency: 300ms of added latency between the writer and Redis,
 // more than OpTimeout. Writes wait it out (WriteTimeout) and succeed; the
-// other node sees them within MaxStaleness. Before, every Delete failed
-// after OpTimeout and the other node stayed stale.
+// other node sees them within MaxStaleness. A write bound by OpTimeout
+// instead would fail every Delete and leave the other node stale.
 func TestFaultLatency(t *testing.T) {
 	srv, p := proxied(t)
 	db := newMemDB()
@@ -559,9 +559,9 @@ func TestFaultLatency(t *testing.T) {
 // silent). Its Delete returns ErrQueued; it serves the key from the loader
 // only while the invalidation is pending; the outbox delivers it as soon
 // as Redis answers, and the other node, whose bus never stopped, drops the
-// old value then. Before, the failed Delete was never retried and the
-// other node served the old value until L1TTL. On a redis-server and on a
-// real Cluster, where the writer reaches every node through a proxy.
+// old value then. Without that retry the other node would serve the old
+// value until L1TTL. On a redis-server and on a real Cluster, where the
+// writer reaches every node through a proxy.
 func TestFaultQueued(t *testing.T) {
 	faultTargets(t, nil, func(t *testing.T, ft faultTarget, _ string) {
 		p := newProxySet(t, ft)
@@ -777,9 +777,9 @@ func TestFaultFailover(t *testing.T) {
 
 // TestFaultReadDuringGap: a load began before a Delete that its node
 // missed (its bus was down). A read 500ms after the Delete, during the gap
-// or just after the bus resubscribed, must not join that load. Before, it
-// did, and returned the old version when the load ended. On a redis-server
-// and on a real Cluster, where B's bus (sharded: a connection per master)
+// or just after the bus resubscribed, must not join that load: joining it
+// would return the old version when the load ended. On a redis-server and
+// on a real Cluster, where B's bus (sharded: a connection per master)
 // reaches every node through a proxy.
 func TestFaultReadDuringGap(t *testing.T) {
 	faultTargets(t, []string{"during the gap", "after the resubscription", "bus frozen"}, func(t *testing.T, ft faultTarget, when string) {

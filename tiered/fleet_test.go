@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/redistest"
+	"github.com/tieredcache/tiered/internal/stats"
 	"github.com/tieredcache/tiered/pubsub"
 )
 
@@ -239,16 +239,10 @@ func setSource(t *testing.T, rdb redis.UniversalClient, key string, version int)
 	fleetTarget{}.setSource(t, rdb, key, version)
 }
 
-func percentile(d []time.Duration, p float64) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[min(len(s)-1, int(float64(len(s))*p))]
-}
-
-// TestFleetStampede (issue test 1): 3 nodes × 100 goroutines released
-// together on a cold key with a 50 ms loader: the loader runs exactly once
-// in the whole fleet, for each of 20 keys. On a redis-server and on a real
-// Cluster, with the waiters woken by sharded or classic pub/sub.
+// TestFleetStampede: 3 nodes × 100 goroutines released together on a cold
+// key with a 50 ms loader: the loader runs exactly once in the whole fleet,
+// for each of 20 keys. On a redis-server and on a real Cluster, with the
+// waiters woken by sharded or classic pub/sub.
 func TestFleetStampede(t *testing.T) {
 	eachTarget(t, testFleetStampede)
 }
@@ -310,17 +304,17 @@ func testFleetStampede(t *testing.T, tg fleetTarget) {
 	if waits == 0 {
 		t.Fatal("no node ever waited for a lease: the test did not exercise the lease")
 	}
-	t.Logf("callers p50 %v p99 %v (loader 50ms); lease waits %d", percentile(followers, .5), percentile(followers, .99), waits)
+	t.Logf("callers p50 %v p99 %v (loader 50ms); lease waits %d", stats.Percentile(followers, .5), stats.Percentile(followers, .99), waits)
 	// A generous sanity bound, not the performance target (see make bench-fleet).
-	if p99 := percentile(followers, .99); p99 > time.Second {
+	if p99 := stats.Percentile(followers, .99); p99 > time.Second {
 		t.Fatalf("caller p99 %v: waiters are not woken", p99)
 	}
 }
 
-// TestFleetInvalidation (issue test 2): every node holds a key in L1; node A
-// updates the source and calls Delete; nodes B and C return the new value
-// within a bound. Latencies over 200 trials are logged. On a redis-server
-// and on a real Cluster, with sharded and with classic pub/sub.
+// TestFleetInvalidation: every node holds a key in L1; node A updates the
+// source and calls Delete; nodes B and C return the new value within a
+// bound. Latencies over 200 trials are logged. On a redis-server and on a
+// real Cluster, with sharded and with classic pub/sub.
 func TestFleetInvalidation(t *testing.T) {
 	eachTarget(t, testFleetInvalidation)
 }
@@ -379,7 +373,7 @@ func testFleetInvalidation(t *testing.T, tg fleetTarget) {
 		}
 	}
 	t.Logf("invalidation visible on other nodes: p50 %v p99 %v max %v over %d reads",
-		percentile(lat, .5), percentile(lat, .99), percentile(lat, 1), len(lat))
+		stats.Percentile(lat, .5), stats.Percentile(lat, .99), stats.Percentile(lat, 1), len(lat))
 	for _, nd := range nodes[1:] {
 		if nd.c.Stats().Invalidations == 0 {
 			t.Fatal("a node received no invalidation")
@@ -387,10 +381,10 @@ func testFleetInvalidation(t *testing.T, tg fleetTarget) {
 	}
 }
 
-// TestFleetRace (issue test 3): a slow load in flight on node B (holding the
-// lease) while node A deletes the key: afterwards neither B's L1 nor Redis
-// holds the old value. On a redis-server and on a real Cluster, with
-// sharded and with classic pub/sub.
+// TestFleetRace: a slow load in flight on node B (holding the lease) while
+// node A deletes the key: afterwards neither B's L1 nor Redis holds the old
+// value. On a redis-server and on a real Cluster, with sharded and with
+// classic pub/sub.
 func TestFleetRace(t *testing.T) {
 	eachTarget(t, testFleetRace)
 }
@@ -471,12 +465,12 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// TestFleetGap (issue test 4): the subscriber connections are killed and
-// invalidations are published during the gap. During the gap no node serves
-// from L1; once back, no node serves the old value. On a redis-server and
-// on a real Cluster, where the subscriptions are killed on every node, with
-// sharded pub/sub (a connection per master, any of whose loss is a gap of
-// the bus) and with classic.
+// TestFleetGap: the subscriber connections are killed and invalidations are
+// published during the gap. During the gap no node serves from L1; once
+// back, no node serves the old value. On a redis-server and on a real
+// Cluster, where the subscriptions are killed on every node, with sharded
+// pub/sub (a connection per master, any of whose loss is a gap of the bus)
+// and with classic.
 func TestFleetGap(t *testing.T) {
 	eachTarget(t, testFleetGap)
 }
@@ -559,9 +553,9 @@ func testFleetGap(t *testing.T, tg fleetTarget) {
 	}
 }
 
-// TestFleetLeaseHolderStuck (issue test 5): a lease holder whose load never
-// finishes; another node loads after the lease TTL and its callers get the
-// value. The stuck holder's late result is discarded.
+// TestFleetLeaseHolderStuck: a lease holder whose load never finishes;
+// another node loads after the lease TTL and its callers get the value. The
+// stuck holder's late result is discarded.
 func TestFleetLeaseHolderStuck(t *testing.T) {
 	s := redistest.Start(t)
 	const leaseTTL = 300 * time.Millisecond
@@ -603,10 +597,10 @@ func TestFleetLeaseHolderStuck(t *testing.T) {
 	}
 }
 
-// TestFleetReadYourWrite (issue test 6): right after its own Delete or Set
-// returns, a node never reads the old value, even with other goroutines
-// filling its L1 concurrently. On a redis-server and on a real Cluster,
-// with sharded and with classic pub/sub.
+// TestFleetReadYourWrite: right after its own Delete or Set returns, a node
+// never reads the old value, even with other goroutines filling its L1
+// concurrently. On a redis-server and on a real Cluster, with sharded and
+// with classic pub/sub.
 func TestFleetReadYourWrite(t *testing.T) {
 	eachTarget(t, testFleetReadYourWrite)
 }

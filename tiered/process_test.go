@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/redistest"
+	"github.com/tieredcache/tiered/internal/stats"
 )
 
 // Nodes as separate OS processes. The test binary re-executes itself (as
@@ -207,7 +208,7 @@ func TestFleetInvalidationProcesses(t *testing.T) {
 		}
 	}
 	t.Logf("invalidation visible in other processes: p50 %v p99 %v max %v over %d reads",
-		percentile(lat, .5), percentile(lat, .99), percentile(lat, 1), len(lat))
+		stats.Percentile(lat, .5), stats.Percentile(lat, .99), stats.Percentile(lat, 1), len(lat))
 }
 
 // TestFleetLeaseHolderKilled is TestFleetLeaseHolderStuck with the holder a

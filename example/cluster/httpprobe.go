@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -209,37 +208,18 @@ func (d *driver) getHTTP(ctx context.Context, n *nodeProc, path, user string, v 
 // one, and records how long after the answer that read started.
 func (d *driver) probeHTTP(ctx context.Context, writer *nodeProc, want Product, ackAt time.Time, queued bool) {
 	user := identities[int(want.Version)%len(identities)]
-	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
-	defer cancel()
-	var wg sync.WaitGroup
-	for _, n := range d.nodes {
-		if n == writer {
-			continue
+	d.pollOthers(ctx, writer, ackAt, func(n *nodeProc) func(context.Context) bool {
+		var public, mine bool
+		return func(ctx context.Context) bool {
+			public = public || d.readHTTPProduct(ctx, n, want.ID, user).Version >= want.Version
+			mine = mine || d.readMyProduct(ctx, n, want.ID, user).Version >= want.Version
+			return public && mine
 		}
-		wg.Go(func() {
-			var public, mine bool
-			for {
-				start := time.Now()
-				public = public || d.readHTTPProduct(ctx, n, want.ID, user).Version >= want.Version
-				mine = mine || d.readMyProduct(ctx, n, want.ID, user).Version >= want.Version
-				if public && mine {
-					if !queued {
-						d.web.conv.add(max(start.Sub(ackAt), 0))
-					}
-					return
-				}
-				t := time.NewTimer(probeInterval)
-				select {
-				case <-t.C:
-				case <-ctx.Done():
-					t.Stop()
-					d.web.unconverged.Add(1)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
+	}, func(late time.Duration) {
+		if !queued {
+			d.web.conv.add(late)
+		}
+	}, &d.web.unconverged)
 }
 
 // finalCheckHTTP reads every written product through both product routes,

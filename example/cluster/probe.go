@@ -4,6 +4,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/tieredcache/tiered/internal/stats"
 )
 
 // The consistency probe. Every write the nodes answered 200 is logged with
@@ -102,19 +104,16 @@ func (s *durations) add(d time.Duration) {
 	s.mu.Unlock()
 }
 
-// quantiles returns the count and the given quantiles (0 to 1) of the
-// samples.
+// quantiles returns the count and the given quantiles (0 to 1, by
+// stats.Percentile) of the samples.
 func (s *durations) quantiles(qs ...float64) (int, []time.Duration) {
 	s.mu.Lock()
 	d := slices.Clone(s.d)
 	s.mu.Unlock()
 	slices.Sort(d)
 	out := make([]time.Duration, len(qs))
-	if len(d) == 0 {
-		return 0, out
-	}
 	for i, q := range qs {
-		out[i] = d[min(int(q*float64(len(d))), len(d)-1)]
+		out[i] = stats.Percentile(d, q)
 	}
 	return len(d), out
 }

@@ -114,21 +114,8 @@ func dbDown(ctx context.Context, cfg config, addr string, maxStale time.Duration
 		}
 		return Item{Key: key, Version: 1}, nil
 	})
-	bulk := tiered.BulkLoaderFunc[Item](func(_ context.Context, ks []string) (map[string]Item, error) {
-		m := make(map[string]Item, len(ks))
-		for _, k := range ks {
-			m[k] = Item{Key: k, Version: 1}
-		}
-		return m, nil
-	})
-	for i, n := range nodes {
-		m, err := n.cache.GetMany(ctx, keys, bulk)
-		if err == nil && len(m) != len(keys) {
-			err = fmt.Errorf("%d values", len(m))
-		}
-		if err != nil {
-			return res, fmt.Errorf("node %d: loading: %w", i, err)
-		}
+	if err := fillDown(ctx, nodes, keys); err != nil {
+		return res, err
 	}
 	before := statsOf(nodes)
 	runtime.GC()
@@ -192,4 +179,26 @@ func dbDown(ctx context.Context, cfg config, addr string, maxStale time.Duration
 		res.nodeStats = append(res.nodeStats, s)
 	}
 	return res, nil
+}
+
+// fillDown loads version 1 of every key into every node, while the
+// database is up.
+func fillDown(ctx context.Context, nodes []*cacheNode[Item], keys []string) error {
+	bulk := tiered.BulkLoaderFunc[Item](func(_ context.Context, ks []string) (map[string]Item, error) {
+		m := make(map[string]Item, len(ks))
+		for _, k := range ks {
+			m[k] = Item{Key: k, Version: 1}
+		}
+		return m, nil
+	})
+	for i, n := range nodes {
+		m, err := n.cache.GetMany(ctx, keys, bulk)
+		if err == nil && len(m) != len(keys) {
+			err = fmt.Errorf("%d values", len(m))
+		}
+		if err != nil {
+			return fmt.Errorf("node %d: loading: %w", i, err)
+		}
+	}
+	return nil
 }

@@ -129,25 +129,50 @@ func hotExpiry(ctx context.Context, cfg config, addr string, fresh time.Duration
 	if err != nil {
 		return res, err
 	}
-	var (
-		mu      sync.Mutex // guards loads and base
-		loads   []span
-		base    time.Time // zero until the clock starts
-		version atomic.Int64
-	)
-	loader := tiered.LoaderFunc[Item](func(lctx context.Context, key string) (Item, error) {
-		i := -1 // the load's index in loads; -1 before the clock starts
-		mu.Lock()
-		if !base.IsZero() {
-			i = len(loads)
-			loads = append(loads, span{time.Since(base), -1})
+	loads := &hotLoads{}
+	loader := loads.loader()
+	for i, n := range nodes {
+		if _, err := n.cache.GetOrLoad(ctx, hotKey, loader); err != nil {
+			return res, fmt.Errorf("node %d: first read: %w", i, err)
 		}
-		mu.Unlock()
+	}
+	before := statsOf(nodes)
+	runtime.GC()
+
+	rd := readHot(ctx, nodes, loader, loads.startClock())
+	res.elapsed = rd.elapsed
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	res.tally(rd, nodes, before, loads.sorted())
+	return res, nil
+}
+
+// hotLoads logs the loads of a hotexpiry run that begin once its clock
+// has started.
+type hotLoads struct {
+	mu      sync.Mutex // guards spans and base
+	spans   []span
+	base    time.Time // zero until the clock starts
+	version atomic.Int64
+}
+
+// loader returns the run's loader: it logs the load's span, sleeps hotLoad
+// and returns the next version.
+func (l *hotLoads) loader() tiered.Loader[Item] {
+	return tiered.LoaderFunc[Item](func(lctx context.Context, key string) (Item, error) {
+		i := -1 // the load's index in spans; -1 before the clock starts
+		l.mu.Lock()
+		if !l.base.IsZero() {
+			i = len(l.spans)
+			l.spans = append(l.spans, span{time.Since(l.base), -1})
+		}
+		l.mu.Unlock()
 		defer func() {
 			if i >= 0 {
-				mu.Lock()
-				loads[i].end = time.Since(base)
-				mu.Unlock()
+				l.mu.Lock()
+				l.spans[i].end = time.Since(l.base)
+				l.mu.Unlock()
 			}
 		}()
 		t := time.NewTimer(hotLoad)
@@ -157,34 +182,52 @@ func hotExpiry(ctx context.Context, cfg config, addr string, fresh time.Duration
 		case <-lctx.Done():
 			return Item{}, lctx.Err()
 		}
-		return Item{Key: key, Version: version.Add(1)}, nil
+		return Item{Key: key, Version: l.version.Add(1)}, nil
 	})
-	for i, n := range nodes {
-		if _, err := n.cache.GetOrLoad(ctx, hotKey, loader); err != nil {
-			return res, fmt.Errorf("node %d: first read: %w", i, err)
-		}
-	}
-	before := statsOf(nodes)
-	runtime.GC()
+}
 
+// startClock starts the clock the loads are logged against and returns
+// its start.
+func (l *hotLoads) startClock() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.base = time.Now()
+	return l.base
+}
+
+// sorted returns the loads logged so far in start order; a load still
+// running has end -1.
+func (l *hotLoads) sorted() []span {
+	l.mu.Lock()
+	ls := slices.Clone(l.spans)
+	l.mu.Unlock()
+	slices.SortFunc(ls, func(a, b span) int { return int(a.start - b.start) })
+	return ls
+}
+
+// hotReads is what the readers of a hotexpiry run measured, by reader.
+type hotReads struct {
+	elapsed  time.Duration // from the clock's start to the readers' stop
+	hists    []hist
+	slow     [][]span // the calls that lasted at least hotLoad/2
+	errCount []uint64
+	firstErr []error
+}
+
+// readHot runs hotReaders readers on each node for hotDur (or until ctx
+// is done), timing each call since b0.
+func readHot(ctx context.Context, nodes []*cacheNode[Item], loader tiered.Loader[Item], b0 time.Time) hotReads {
+	nr := len(nodes) * hotReaders
+	rd := hotReads{hists: make([]hist, nr), slow: make([][]span, nr), errCount: make([]uint64, nr), firstErr: make([]error, nr)}
 	var (
-		stop     atomic.Bool
-		wg       sync.WaitGroup
-		nr       = len(nodes) * hotReaders
-		hists    = make([]hist, nr)
-		slow     = make([][]span, nr)
-		errCount = make([]uint64, nr)
-		firstErr = make([]error, nr)
+		stop atomic.Bool
+		wg   sync.WaitGroup
 	)
-	mu.Lock()
-	base = time.Now()
-	b0 := base
-	mu.Unlock()
 	for ni, n := range nodes {
 		for r := range hotReaders {
 			ri := ni*hotReaders + r
 			wg.Go(func() {
-				h := &hists[ri]
+				h := &rd.hists[ri]
 				for !stop.Load() {
 					t0 := time.Now()
 					v, err := n.cache.GetOrLoad(ctx, hotKey, loader)
@@ -194,13 +237,13 @@ func hotExpiry(ctx context.Context, cfg config, addr string, fresh time.Duration
 						err = fmt.Errorf("got %+v", v)
 					}
 					if err != nil {
-						if errCount[ri]++; firstErr[ri] == nil {
-							firstErr[ri] = err
+						if rd.errCount[ri]++; rd.firstErr[ri] == nil {
+							rd.firstErr[ri] = err
 						}
 					}
 					if d >= hotLoad/2 {
 						s := t0.Sub(b0)
-						slow[ri] = append(slow[ri], span{s, s + d})
+						rd.slow[ri] = append(rd.slow[ri], span{s, s + d})
 					}
 					runtime.Gosched()
 				}
@@ -212,17 +255,19 @@ func hotExpiry(ctx context.Context, cfg config, addr string, fresh time.Duration
 	case <-ctx.Done():
 	}
 	stop.Store(true)
-	res.elapsed = time.Since(b0)
+	rd.elapsed = time.Since(b0)
 	wg.Wait()
-	if err := ctx.Err(); err != nil {
-		return res, err
-	}
+	return rd
+}
 
-	for ri := range nr {
-		res.lat.merge(&hists[ri])
-		res.errs += errCount[ri]
+// tally sets res's figures from the readers' measures, the nodes' counters
+// since before and the loads ls, in start order.
+func (res *hotResult) tally(rd hotReads, nodes []*cacheNode[Item], before []tiered.Stats, ls []span) {
+	for ri := range rd.hists {
+		res.lat.merge(&rd.hists[ri])
+		res.errs += rd.errCount[ri]
 		if res.firstErr == nil {
-			res.firstErr = firstErr[ri]
+			res.firstErr = rd.firstErr[ri]
 		}
 	}
 	res.reads = res.lat.n
@@ -231,10 +276,6 @@ func hotExpiry(ctx context.Context, cfg config, addr string, fresh time.Duration
 		res.refreshes += s.Refreshes - before[i].Refreshes
 		res.nodeStats = append(res.nodeStats, s)
 	}
-	mu.Lock()
-	ls := slices.Clone(loads) // a load still running has end -1
-	mu.Unlock()
-	slices.SortFunc(ls, func(a, b span) int { return int(a.start - b.start) })
 	for _, l := range ls {
 		if l.start > res.elapsed {
 			continue // began after the run
@@ -243,7 +284,7 @@ func hotExpiry(ctx context.Context, cfg config, addr string, fresh time.Duration
 		res.loadStarts, res.loadEnds = append(res.loadStarts, l.start), append(res.loadEnds, l.end)
 	}
 	res.periods, res.perPeriod = periods(res.loadStarts, hotTTL/4)
-	for _, ss := range slow {
+	for _, ss := range rd.slow {
 		for _, s := range ss {
 			res.waited++
 			if !slices.ContainsFunc(ls, func(l span) bool { return l.start < s.end && (l.end < 0 || s.start < l.end) }) {
@@ -251,7 +292,6 @@ func hotExpiry(ctx context.Context, cfg config, addr string, fresh time.Duration
 			}
 		}
 	}
-	return res, nil
 }
 
 // periods groups sorted load starts into periods (a start more than gap

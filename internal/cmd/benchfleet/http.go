@@ -205,114 +205,20 @@ func httpRun(ctx context.Context, cfg config, addr string) (bare, cached httpPha
 		return bare, cached, 0, 0, err
 	}
 	runtime.GC() // the garbage of building the nodes
-	db := newListDB()
-	want := make([][]byte, httpPages) // each page's body
-	for p := range want {
-		if want[p], err = json.Marshal(db[p]); err != nil {
-			return bare, cached, 0, 0, err
-		}
+	f, err := newHTTPFleet(nodes)
+	defer f.close()
+	if err != nil {
+		return bare, cached, 0, 0, err
 	}
-	var runs atomic.Int64
-	h := db.handler(&runs)
-	urls := make([]string, len(nodes))
-	clients := make([]*http.Client, len(nodes))
-	for i, n := range nodes {
-		m, err := httpcache.New(n.cache, nil)
-		if err != nil {
-			return bare, cached, 0, 0, err
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/bare", h)
-		mux.Handle("/cached", m.Handler(h))
-		srv := httptest.NewServer(mux)
-		defer srv.Close()
-		urls[i] = srv.URL
-		tr := &http.Transport{MaxIdleConnsPerHost: httpClients}
-		defer tr.CloseIdleConnections()
-		clients[i] = &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	}
-	phase := func(path string, d time.Duration) httpPhaseResult {
-		var (
-			res                  httpPhaseResult
-			stop                 atomic.Bool
-			wg                   sync.WaitGroup
-			mu                   sync.Mutex // guards res.errs and res.firstErr
-			hits, misses, bypass atomic.Uint64
-		)
-		nc := len(nodes) * httpClients
-		hists := make([]hist, nc)
-		runs0 := runs.Load()
-		t0 := time.Now()
-		for ci := range nc {
-			ni := ci / httpClients
-			wg.Go(func() {
-				rng := rand.New(rand.NewPCG(uint64(ci), 0x5eed))
-				var buf bytes.Buffer
-				fail := func(err error) {
-					mu.Lock()
-					if res.errs++; res.firstErr == nil {
-						res.firstErr = err
-					}
-					mu.Unlock()
-				}
-				for !stop.Load() && ctx.Err() == nil {
-					p := rng.IntN(httpPages)
-					start := time.Now()
-					req, err := http.NewRequestWithContext(ctx, http.MethodGet, urls[ni]+path+"?page="+strconv.Itoa(p), nil)
-					if err != nil {
-						fail(err)
-						continue
-					}
-					req.Host = httpHost
-					resp, err := clients[ni].Do(req)
-					if err != nil {
-						fail(err)
-						continue
-					}
-					buf.Reset()
-					_, err = buf.ReadFrom(resp.Body)
-					resp.Body.Close()
-					hists[ci].add(time.Since(start))
-					switch {
-					case err != nil:
-						fail(err)
-					case resp.StatusCode != http.StatusOK || !bytes.Equal(buf.Bytes(), want[p]):
-						fail(fmt.Errorf("%s page %d on node %d: status %d, %d bytes (want %d)", path, p, ni, resp.StatusCode, buf.Len(), len(want[p])))
-					}
-					switch resp.Header.Get(httpcache.XCacheHeader) {
-					case httpcache.Hit:
-						hits.Add(1)
-					case httpcache.Miss:
-						misses.Add(1)
-					case httpcache.Bypass:
-						bypass.Add(1)
-					}
-				}
-			})
-		}
-		select {
-		case <-time.After(d):
-		case <-ctx.Done():
-		}
-		stop.Store(true)
-		res.elapsed = time.Since(t0)
-		wg.Wait()
-		res.runs = runs.Load() - runs0
-		for i := range hists {
-			res.lat.merge(&hists[i])
-		}
-		res.hits, res.misses, res.bypass = hits.Load(), misses.Load(), bypass.Load()
-		return res
-	}
-	phase("/bare", httpWarmup)
+	f.phase(ctx, "/bare", httpWarmup)
 	var first time.Time
 	for range httpSlices {
-		b := phase("/bare", httpSlice)
+		b := f.phase(ctx, "/bare", httpSlice)
 		bare.merge(&b)
 		if first.IsZero() {
 			first = time.Now()
 		}
-		c := phase("/cached", httpSlice)
+		c := f.phase(ctx, "/cached", httpSlice)
 		cached.merge(&c)
 	}
 	span = time.Since(first)
@@ -322,5 +228,142 @@ func httpRun(ctx context.Context, cfg config, addr string) (bare, cached httpPha
 	for i, n := range nodes {
 		fmt.Fprintf(os.Stderr, "benchfleet: http: node %d: %+v\n", i, n.cache.Stats())
 	}
-	return bare, cached, span, len(want[0]), nil
+	return bare, cached, span, len(f.want[0]), nil
+}
+
+// httpFleet is the http workload's HTTP side: a server per node, serving
+// the handler on /bare and through the node's middleware on /cached, and a
+// client for each.
+type httpFleet struct {
+	want    [][]byte // each page's body
+	runs    atomic.Int64
+	srvs    []*httptest.Server // by node
+	urls    []string
+	trs     []*http.Transport
+	clients []*http.Client
+}
+
+// newHTTPFleet starts the servers of nodes. Close the fleet also when it
+// fails.
+func newHTTPFleet(nodes []*cacheNode[*httpcache.Response]) (*httpFleet, error) {
+	f := &httpFleet{want: make([][]byte, httpPages)}
+	db := newListDB()
+	for p := range f.want {
+		var err error
+		if f.want[p], err = json.Marshal(db[p]); err != nil {
+			return f, err
+		}
+	}
+	h := db.handler(&f.runs)
+	for _, n := range nodes {
+		m, err := httpcache.New(n.cache, nil)
+		if err != nil {
+			return f, err
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/bare", h)
+		mux.Handle("/cached", m.Handler(h))
+		srv := httptest.NewServer(mux)
+		f.srvs = append(f.srvs, srv)
+		f.urls = append(f.urls, srv.URL)
+		tr := &http.Transport{MaxIdleConnsPerHost: httpClients}
+		f.trs = append(f.trs, tr)
+		f.clients = append(f.clients, &http.Client{Transport: tr, Timeout: 5 * time.Second})
+	}
+	return f, nil
+}
+
+// close closes the clients' idle connections and the servers, the last
+// node's first.
+func (f *httpFleet) close() {
+	for i := len(f.srvs) - 1; i >= 0; i-- {
+		f.trs[i].CloseIdleConnections()
+		f.srvs[i].Close()
+	}
+}
+
+// httpPhase is what the clients of one slice share.
+type httpPhase struct {
+	path                 string
+	stop                 atomic.Bool
+	hists                []hist // by client
+	hits, misses, bypass atomic.Uint64
+	mu                   sync.Mutex // guards res.errs and res.firstErr
+	res                  httpPhaseResult
+}
+
+// fail counts a failed request or a wrong answer.
+func (ph *httpPhase) fail(err error) {
+	ph.mu.Lock()
+	defer ph.mu.Unlock()
+	if ph.res.errs++; ph.res.firstErr == nil {
+		ph.res.firstErr = err
+	}
+}
+
+// phase runs httpClients clients per node on path for d and returns what
+// they measured.
+func (f *httpFleet) phase(ctx context.Context, path string, d time.Duration) httpPhaseResult {
+	ph := &httpPhase{path: path, hists: make([]hist, len(f.urls)*httpClients)}
+	var wg sync.WaitGroup
+	runs0 := f.runs.Load()
+	t0 := time.Now()
+	for ci := range ph.hists {
+		wg.Go(func() { f.client(ctx, ph, ci) })
+	}
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+	}
+	ph.stop.Store(true)
+	res := &ph.res
+	res.elapsed = time.Since(t0)
+	wg.Wait()
+	res.runs = f.runs.Load() - runs0
+	for i := range ph.hists {
+		res.lat.merge(&ph.hists[i])
+	}
+	res.hits, res.misses, res.bypass = ph.hits.Load(), ph.misses.Load(), ph.bypass.Load()
+	return *res
+}
+
+// client is client ci of a phase: it requests random pages of ph.path
+// from its node until the phase stops, timing and checking each answer.
+func (f *httpFleet) client(ctx context.Context, ph *httpPhase, ci int) {
+	ni := ci / httpClients
+	rng := rand.New(rand.NewPCG(uint64(ci), 0x5eed))
+	var buf bytes.Buffer
+	for !ph.stop.Load() && ctx.Err() == nil {
+		p := rng.IntN(httpPages)
+		start := time.Now()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.urls[ni]+ph.path+"?page="+strconv.Itoa(p), nil)
+		if err != nil {
+			ph.fail(err)
+			continue
+		}
+		req.Host = httpHost
+		resp, err := f.clients[ni].Do(req)
+		if err != nil {
+			ph.fail(err)
+			continue
+		}
+		buf.Reset()
+		_, err = buf.ReadFrom(resp.Body)
+		resp.Body.Close()
+		ph.hists[ci].add(time.Since(start))
+		switch {
+		case err != nil:
+			ph.fail(err)
+		case resp.StatusCode != http.StatusOK || !bytes.Equal(buf.Bytes(), f.want[p]):
+			ph.fail(fmt.Errorf("%s page %d on node %d: status %d, %d bytes (want %d)", ph.path, p, ni, resp.StatusCode, buf.Len(), len(f.want[p])))
+		}
+		switch resp.Header.Get(httpcache.XCacheHeader) {
+		case httpcache.Hit:
+			ph.hits.Add(1)
+		case httpcache.Miss:
+			ph.misses.Add(1)
+		case httpcache.Bypass:
+			ph.bypass.Add(1)
+		}
+	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tieredcache/tiered/internal/stats"
 	"github.com/tieredcache/tiered/l2"
 	"github.com/tieredcache/tiered/tiered"
 )
@@ -87,7 +88,7 @@ type mgOp struct {
 }
 
 // p50 and mean of the op's durations (sorted by interleave).
-func (o *mgOp) p50() time.Duration { return pct(o.ds, 0.5) }
+func (o *mgOp) p50() time.Duration { return stats.Percentile(o.ds, 0.5) }
 
 func (o *mgOp) mean() time.Duration {
 	var s time.Duration

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/tieredcache/tiered/internal/stats"
 )
 
 // TestHist checks the histogram's buckets and quantiles against the exact
@@ -28,7 +30,7 @@ func TestHist(t *testing.T) {
 	}
 	slices.Sort(ds)
 	for _, q := range []float64{0.01, 0.5, 0.99, 1} {
-		want, got := pct(ds, q), h.quantile(q)
+		want, got := stats.Percentile(ds, q), h.quantile(q)
 		if got > want || float64(want-got) > float64(want)/histSub {
 			t.Errorf("q=%v: %v, want %v within 1/%d", q, got, want, histSub)
 		}
