@@ -2,7 +2,6 @@ package tiered
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -123,21 +122,7 @@ func failover(t *testing.T, tg haTarget) {
 			}
 		})
 	}
-	wg.Go(func() {
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			if err := writer.write(log, keys[i%len(keys)]); err != nil {
-				if !errors.Is(err, ErrQueued) {
-					t.Errorf("Delete = %v, want nil or ErrQueued", err)
-				}
-				queued.Add(1)
-			}
-		}
-	})
+	wg.Go(func() { writeLoop(t, log, keys, writer, stop, &queued) })
 
 	time.Sleep(time.Second)
 	killed := time.Now()

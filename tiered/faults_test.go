@@ -416,22 +416,27 @@ func workload(t *testing.T, log *staleLog, keys []string, writer *faultNode, rea
 			}
 		})
 	}
-	wg.Go(func() {
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			if err := writer.write(log, keys[i%len(keys)]); err != nil {
-				if !errors.Is(err, ErrQueued) {
-					t.Errorf("Delete = %v, want nil or ErrQueued", err)
-				}
-				failed.Add(1)
-			}
-		}
-	})
+	wg.Go(func() { writeLoop(t, log, keys, writer, stop, failed) })
 	return failed, wg.Wait
+}
+
+// writeLoop writes keys in turn through writer, one every 20ms, until stop
+// is closed, and counts in failed the writes that returned ErrQueued (any
+// other error fails t).
+func writeLoop(t *testing.T, log *staleLog, keys []string, writer *faultNode, stop <-chan struct{}, failed *atomic.Int64) {
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+		if err := writer.write(log, keys[i%len(keys)]); err != nil {
+			if !errors.Is(err, ErrQueued) {
+				t.Errorf("Delete = %v, want nil or ErrQueued", err)
+			}
+			failed.Add(1)
+		}
+	}
 }
 
 // readAll reads every key on every node, every 5ms for d, judging each
