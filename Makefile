@@ -83,7 +83,7 @@ bench:
 bench-fleet:
 	$(GO) run ./internal/cmd/benchfleet $(ARGS)
 
-# About 3 minutes; needs redis-server on PATH. The report's own tests run
+# About 2 minutes; needs redis-server on PATH. The report's own tests run
 # first (seconds, no Redis). ARGS lengthens a run, for example
 # ARGS="-rounds 6 -zipfreads 20000 -trials 300 -faultdur 20s"; ARGS="-h" lists the flags.
 bench-peers:

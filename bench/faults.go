@@ -186,6 +186,9 @@ func faultsRun(ctx context.Context, e *env, k kind) (faultResult, error) {
 	}
 	// Let the pause end (if the run was shorter) before the next library.
 	time.Sleep(max(0, cfg.pause-cfg.faultDur*2/3))
+	for i, p := range nodes {
+		logDiagnostics(fmt.Sprintf("faults %s node %d", k.name, i), p)
+	}
 	res.reads, res.stale, res.readErrs = reads.Load(), stale.Load(), readErrs.Load()
 	res.maxStale = time.Duration(maxStale.Load())
 	return res, nil

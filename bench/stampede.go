@@ -21,7 +21,7 @@ import (
 
 func runStampede(ctx context.Context, e *env, rep *report) error {
 	cfg := e.cfg
-	loads := rep.row("cold-key stampede", fmt.Sprintf("loads per key, mean (max); follower p99 (loader %v)", cfg.loader))
+	loads := rep.row("cold-key stampede", fmt.Sprintf("loads per key, mean (max); follower p99 (loader %s)", fmtDur(cfg.loader)))
 	loads.chart = &chart{title: "stampede: loads per key (mean)", lowerBetter: true}
 	for _, k := range cfg.kinds {
 		mean, maxLoads, p99, err := stampedeRun(ctx, e, k)
