@@ -1,11 +1,13 @@
 # tiered: a two-tier (ristretto L1 over Redis) cache for fleets of Go services.
 #
 #   make example        run the example cluster on an embedded Redis (ARGS="-chaos" etc.)
-#   make test           vet, go mod tidy -diff and race tests of the three modules
+#   make test           vet and go mod tidy -diff of every module, race tests of three
 #                       (core, example, otelcache), fuzz corpus replay and a short fuzz
 #                       of each decoder (FUZZTIME executions, not seconds: see fuzz-short)
 #   make bench          micro-benchmarks, -count 6, for benchstat
 #   make bench-fleet    multi-node figures against a redis-server started for the run (ARGS="-v" etc.)
+#   make bench-peers    tiered against go-redis/cache, rueidis and plain go-redis (bench/, its own
+#                       module); writes the table into docs/benchmarks.md and docs/bench-peers.svg
 #   make fuzz           longer, time-based fuzzing of each decoder (LONGFUZZ each)
 #   make lint           go vet and staticcheck
 #   make cover          coverage report
@@ -24,10 +26,12 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.6.1
 FUZZ_TARGETS = ./l2:FuzzDecodeEnvelope ./pubsub:FuzzDecode ./tiered/httpcache:FuzzDecodeResponse
 
 # Modules with a go.mod of their own next to the core's; each has a
-# `replace github.com/tieredcache/tiered => ../`.
-SUBMODULES = example otelcache
+# `replace github.com/tieredcache/tiered => ../`. vet, tidy-check and lint
+# cover all of them; bench's workloads run only in bench-peers (minutes
+# long), not in test.
+SUBMODULES = example otelcache bench
 
-.PHONY: all test vet unit example-test otelcache-test tidy-check fuzz-short fuzz bench bench-fleet example lint cover clean
+.PHONY: all test vet unit example-test otelcache-test tidy-check fuzz-short fuzz bench bench-fleet bench-peers example lint cover clean
 
 all: test
 
@@ -78,6 +82,13 @@ bench:
 
 bench-fleet:
 	$(GO) run ./internal/cmd/benchfleet $(ARGS)
+
+# About 2 minutes; needs redis-server on PATH. The report's own tests run
+# first (seconds, no Redis). ARGS lengthens a run, for example
+# ARGS="-rounds 6 -zipfreads 20000 -trials 300 -faultdur 20s"; ARGS="-h" lists the flags.
+bench-peers:
+	cd bench && $(GO) test -count=1 ./... && \
+		$(GO) run . -docs ../docs/benchmarks.md -svg ../docs/bench-peers.svg $(ARGS)
 
 example:
 	cd example && $(GO) run ./cluster $(ARGS)
