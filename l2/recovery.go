@@ -160,31 +160,18 @@ func (s *Store) CheckShards(ctx context.Context) (purged int, err error) {
 	if s.cc == nil {
 		return 0, nil
 	}
-	// The first slot of each master, as the client routes them.
-	type shard struct {
-		c    *redis.Client
-		slot int
-	}
-	var shards []shard
-	seen := make(map[*redis.Client]bool)
-	for slot := range hashslot.Count {
-		c, err := s.cc.MasterForKey(ctx, s.shardMarkerKey(slot))
-		if err != nil {
-			return purged, s.unavailable("slot map", err)
-		}
-		if !seen[c] {
-			seen[c] = true
-			shards = append(shards, shard{c, slot})
-		}
+	shards, err := hashslot.Shards(ctx, s.cc)
+	if err != nil {
+		return 0, s.unavailable("slot map", err)
 	}
 	for _, sh := range shards {
-		runID, err := s.runIDOf(ctx, sh.c)
+		runID, err := s.runIDOf(ctx, sh.Client)
 		if err != nil || runID == "" {
 			return purged, err
 		}
-		changed, err := s.checkMarker(ctx, s.shardMarkerKey(sh.slot), runID, func(ctx context.Context) error {
+		changed, err := s.checkMarker(ctx, s.shardMarkerKey(sh.Slots[0]), runID, func(ctx context.Context) error {
 			for _, pattern := range []string{globEscape(s.ns) + ":*:lease", globEscape(s.ns) + ":*"} {
-				if err := s.unlinkOn(ctx, sh.c, pattern); err != nil {
+				if err := s.unlinkOn(ctx, sh.Client, pattern); err != nil {
 					return err
 				}
 			}

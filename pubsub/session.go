@@ -64,27 +64,21 @@ func (b *Bus) open(ctx context.Context) (*session, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.shardedAllowance())
 	defer cancel()
-	// Group the slots by the master the client routes them to: the
-	// client's slot map, so that the bus and the writers agree.
-	slots := make(map[*redis.Client][]int)
-	for slot := range hashslot.Count {
-		c, err := b.cluster.MasterForKey(ctx, hashslot.Channel(b.o.Channel, slot))
-		if err != nil {
-			return nil, fmt.Errorf("pubsub: no master for slot %d: %w", slot, err)
-		}
-		slots[c] = append(slots[c], slot)
+	// The client's slot map, so that the bus and the writers agree.
+	masters, err := hashslot.Shards(ctx, b.cluster)
+	if err != nil {
+		return nil, fmt.Errorf("pubsub: %w", err)
 	}
 	s := &session{}
 	var (
 		wg   sync.WaitGroup
-		errs = make([]error, len(slots))
+		errs = make([]error, len(masters))
 	)
-	for c, own := range slots {
-		sh := &shard{ps: c.SSubscribe(ctx), addr: c.Options().Addr, channels: len(own)}
-		i := len(s.shards)
+	for i, m := range masters {
+		sh := &shard{ps: m.Client.SSubscribe(ctx), addr: m.Client.Options().Addr, channels: len(m.Slots)}
 		s.shards = append(s.shards, sh)
 		wg.Go(func() {
-			for _, slot := range own {
+			for _, slot := range m.Slots {
 				if err := sh.ps.SSubscribe(ctx, hashslot.Channel(b.o.Channel, slot)); err != nil {
 					errs[i] = fmt.Errorf("pubsub: SSUBSCRIBE on %s: %w", sh.addr, err)
 					return
@@ -148,7 +142,7 @@ func (b *Bus) serve(ctx context.Context, s *session, bo *backoff) error {
 func (b *Bus) receive(ctx context.Context, s *session, sh *shard, bo *backoff) error {
 	interval := int64(b.o.HealthInterval)
 	confirmWithin := interval // a SUBSCRIBE's confirmation
-	if sh.channels > 1 {
+	if b.sharded {
 		confirmWithin = int64(b.shardedAllowance())
 	}
 	start := mono.Now()

@@ -10,9 +10,13 @@
 package hashslot
 
 import (
+	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Count is the number of hash slots of a Redis Cluster.
@@ -76,3 +80,31 @@ var tags = sync.OnceValue(func() *[Count]string {
 	}
 	return &t
 })
+
+// A Shard is a master of a Cluster and the slots it serves.
+type Shard struct {
+	Client *redis.Client // the Cluster client's client of the master
+	Slots  []int         // ascending
+}
+
+// Shards groups the slots by the master cc routes them to, by cc's own
+// slot map, so that its users agree with the commands cc sends. The shards
+// are in the order of their first slot.
+func Shards(ctx context.Context, cc *redis.ClusterClient) ([]Shard, error) {
+	var shards []Shard
+	index := make(map[*redis.Client]int)
+	for slot := range Count {
+		c, err := cc.MasterForKey(ctx, Channel("", slot))
+		if err != nil {
+			return nil, fmt.Errorf("no master for slot %d: %w", slot, err)
+		}
+		i, ok := index[c]
+		if !ok {
+			i = len(shards)
+			index[c] = i
+			shards = append(shards, Shard{Client: c})
+		}
+		shards[i].Slots = append(shards[i].Slots, slot)
+	}
+	return shards, nil
+}
