@@ -1,5 +1,5 @@
 // Package otelcache reports the counters of a [tiered.Cache] and of its
-// [pubsub.Bus] (with the bus's outbox) as OpenTelemetry metrics, and traces
+// [tiered.Bus] (with the bus's outbox) as OpenTelemetry metrics, and traces
 // the cache's operations as OpenTelemetry spans ([Tracer]).
 //
 // # Mechanism

@@ -12,7 +12,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
-	"github.com/tieredcache/tiered/pubsub"
 	"github.com/tieredcache/tiered/tiered"
 )
 
@@ -35,9 +34,9 @@ type Source interface {
 	Stats() tiered.Stats
 }
 
-// BusSource is what RegisterBus reads: a *pubsub.Bus.
+// BusSource is what RegisterBus reads: a *tiered.Bus.
 type BusSource interface {
-	Stats() pubsub.Stats
+	Stats() tiered.BusStats
 	Healthy() bool
 	ProofAge() time.Duration
 }
@@ -140,19 +139,19 @@ var cacheCounters = []counter[tiered.Stats]{
 	{"tiered.cache.refreshes", "{call}", "Refresh-ahead loads this node ran.", func(s *tiered.Stats) uint64 { return s.Refreshes }},
 }
 
-// busCounters are the counters of RegisterBus, one per pubsub.Stats
+// busCounters are the counters of RegisterBus, one per tiered.BusStats
 // counter.
-var busCounters = []counter[pubsub.Stats]{
-	{"tiered.bus.received", "{message}", "Messages received, including own and garbled ones.", func(s *pubsub.Stats) uint64 { return s.Received }},
-	{"tiered.bus.own", "{message}", "Messages of this node, ignored.", func(s *pubsub.Stats) uint64 { return s.Own }},
-	{"tiered.bus.garbled", "{message}", "Messages that did not decode, ignored.", func(s *pubsub.Stats) uint64 { return s.Garbled }},
-	{"tiered.bus.gaps", "{gap}", "Times the subscription was lost and restored.", func(s *pubsub.Stats) uint64 { return s.Gaps }},
-	{"tiered.bus.pings", "{ping}", "PINGs sent on the subscription.", func(s *pubsub.Stats) uint64 { return s.Pings }},
-	{"tiered.bus.replaced", "{connection}", "Subscription connections replaced because they went silent or were never confirmed.", func(s *pubsub.Stats) uint64 { return s.Replaced }},
-	{"tiered.outbox.queued", "{key}", "Keys put in the outbox.", func(s *pubsub.Stats) uint64 { return s.Queued }},
-	{"tiered.outbox.delivered", "{key}", "Outbox keys delivered.", func(s *pubsub.Stats) uint64 { return s.Delivered }},
-	{"tiered.outbox.dropped", "{key}", "Outbox keys dropped: expired, folded into a purge, or without a handler.", func(s *pubsub.Stats) uint64 { return s.Dropped }},
-	{"tiered.outbox.purges", "{purge}", "Namespace purges the outbox delivered.", func(s *pubsub.Stats) uint64 { return s.Purges }},
+var busCounters = []counter[tiered.BusStats]{
+	{"tiered.bus.received", "{message}", "Messages received, including own and garbled ones.", func(s *tiered.BusStats) uint64 { return s.Received }},
+	{"tiered.bus.own", "{message}", "Messages of this node, ignored.", func(s *tiered.BusStats) uint64 { return s.Own }},
+	{"tiered.bus.garbled", "{message}", "Messages that did not decode, ignored.", func(s *tiered.BusStats) uint64 { return s.Garbled }},
+	{"tiered.bus.gaps", "{gap}", "Times the subscription was lost and restored.", func(s *tiered.BusStats) uint64 { return s.Gaps }},
+	{"tiered.bus.pings", "{ping}", "PINGs sent on the subscription.", func(s *tiered.BusStats) uint64 { return s.Pings }},
+	{"tiered.bus.replaced", "{connection}", "Subscription connections replaced because they went silent or were never confirmed.", func(s *tiered.BusStats) uint64 { return s.Replaced }},
+	{"tiered.outbox.queued", "{key}", "Keys put in the outbox.", func(s *tiered.BusStats) uint64 { return s.Queued }},
+	{"tiered.outbox.delivered", "{key}", "Outbox keys delivered.", func(s *tiered.BusStats) uint64 { return s.Delivered }},
+	{"tiered.outbox.dropped", "{key}", "Outbox keys dropped: expired, folded into a purge, or without a handler.", func(s *tiered.BusStats) uint64 { return s.Dropped }},
+	{"tiered.outbox.purges", "{purge}", "Namespace purges the outbox delivered.", func(s *tiered.BusStats) uint64 { return s.Purges }},
 }
 
 // Register reports the counters of c, a *tiered.Cache[V], on meter: one
@@ -180,10 +179,10 @@ func Register(meter metric.Meter, c Source, namespace string, opts *Options) (*R
 	return register(meter, c, cacheCounters, c.Stats, nil, attrs)
 }
 
-// RegisterBus reports b, a *pubsub.Bus, on meter, with opts.Attributes on
+// RegisterBus reports b, a *tiered.Bus, on meter, with opts.Attributes on
 // every observation:
 //
-//   - one observable counter per counter of pubsub.Stats: tiered.bus.received,
+//   - one observable counter per counter of tiered.BusStats: tiered.bus.received,
 //     .own, .garbled, .gaps, .pings, .replaced, and the outbox's
 //     tiered.outbox.queued, .delivered, .dropped, .purges;
 //   - tiered.outbox.pending, an observable up-down counter (a gauge in
@@ -191,7 +190,7 @@ func Register(meter metric.Meter, c Source, namespace string, opts *Options) (*R
 //   - tiered.bus.healthy, a gauge: 1 while the subscription is confirmed,
 //     else 0;
 //   - tiered.bus.proof.age, a gauge in seconds: how old the bus's proof of
-//     freshness is (see pubsub.Bus.Proven); not observed while there is no
+//     freshness is (see tiered.Bus.ProofAge); not observed while there is no
 //     proof, which tiered.bus.healthy=0 reports. A cache serves from L1 only
 //     while it is at most MaxStaleness.
 //
@@ -239,7 +238,7 @@ func (g *busGauges) instruments() []metric.Observable {
 	return []metric.Observable{g.pending, g.healthy, g.age}
 }
 
-func (g *busGauges) observe(o metric.Observer, s *pubsub.Stats, set metric.MeasurementOption) {
+func (g *busGauges) observe(o metric.Observer, s *tiered.BusStats, set metric.MeasurementOption) {
 	o.ObserveInt64(g.pending, int64(s.Pending), set)
 	var up int64
 	if g.b.Healthy() {
@@ -291,8 +290,8 @@ func build[S any](meter metric.Meter, counters []counter[S], snapshot func() S, 
 			o.ObserveInt64(insts[i], clamp(c.read(&s)), set)
 		}
 		if extra != nil {
-			// Only RegisterBus passes extra, with S = pubsub.Stats.
-			extra.observe(o, any(&s).(*pubsub.Stats), set)
+			// Only RegisterBus passes extra, with S = tiered.BusStats.
+			extra.observe(o, any(&s).(*tiered.BusStats), set)
 		}
 		return nil
 	}, all...)

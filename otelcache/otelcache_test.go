@@ -14,7 +14,6 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/tieredcache/tiered/otelcache"
-	"github.com/tieredcache/tiered/pubsub"
 	"github.com/tieredcache/tiered/tiered"
 )
 
@@ -146,18 +145,18 @@ var cacheFields = map[string]func(tiered.Stats) uint64{
 	"tiered.cache.refreshes":      func(s tiered.Stats) uint64 { return s.Refreshes },
 }
 
-var busFields = map[string]func(pubsub.Stats) uint64{
-	"tiered.bus.received":     func(s pubsub.Stats) uint64 { return s.Received },
-	"tiered.bus.own":          func(s pubsub.Stats) uint64 { return s.Own },
-	"tiered.bus.garbled":      func(s pubsub.Stats) uint64 { return s.Garbled },
-	"tiered.bus.gaps":         func(s pubsub.Stats) uint64 { return s.Gaps },
-	"tiered.bus.pings":        func(s pubsub.Stats) uint64 { return s.Pings },
-	"tiered.bus.replaced":     func(s pubsub.Stats) uint64 { return s.Replaced },
-	"tiered.outbox.queued":    func(s pubsub.Stats) uint64 { return s.Queued },
-	"tiered.outbox.delivered": func(s pubsub.Stats) uint64 { return s.Delivered },
-	"tiered.outbox.dropped":   func(s pubsub.Stats) uint64 { return s.Dropped },
-	"tiered.outbox.purges":    func(s pubsub.Stats) uint64 { return s.Purges },
-	"tiered.outbox.pending":   func(s pubsub.Stats) uint64 { return uint64(s.Pending) },
+var busFields = map[string]func(tiered.BusStats) uint64{
+	"tiered.bus.received":     func(s tiered.BusStats) uint64 { return s.Received },
+	"tiered.bus.own":          func(s tiered.BusStats) uint64 { return s.Own },
+	"tiered.bus.garbled":      func(s tiered.BusStats) uint64 { return s.Garbled },
+	"tiered.bus.gaps":         func(s tiered.BusStats) uint64 { return s.Gaps },
+	"tiered.bus.pings":        func(s tiered.BusStats) uint64 { return s.Pings },
+	"tiered.bus.replaced":     func(s tiered.BusStats) uint64 { return s.Replaced },
+	"tiered.outbox.queued":    func(s tiered.BusStats) uint64 { return s.Queued },
+	"tiered.outbox.delivered": func(s tiered.BusStats) uint64 { return s.Delivered },
+	"tiered.outbox.dropped":   func(s tiered.BusStats) uint64 { return s.Dropped },
+	"tiered.outbox.purges":    func(s tiered.BusStats) uint64 { return s.Purges },
+	"tiered.outbox.pending":   func(s tiered.BusStats) uint64 { return uint64(s.Pending) },
 }
 
 // within checks that got is between the field's value before and after the
@@ -274,18 +273,18 @@ func TestRegisterBusReportsStats(t *testing.T) {
 
 // fakeBus is a BusSource in a given state.
 type fakeBus struct {
-	s       pubsub.Stats
+	s       tiered.BusStats
 	healthy bool
 	age     time.Duration
 }
 
-func (b *fakeBus) Stats() pubsub.Stats     { return b.s }
+func (b *fakeBus) Stats() tiered.BusStats     { return b.s }
 func (b *fakeBus) Healthy() bool           { return b.healthy }
 func (b *fakeBus) ProofAge() time.Duration { return b.age }
 
 func TestRegisterBusUnhealthy(t *testing.T) {
 	r, mp := newReader(t)
-	b := &fakeBus{s: pubsub.Stats{Pending: 7, Queued: 9}, age: -1}
+	b := &fakeBus{s: tiered.BusStats{Pending: 7, Queued: 9}, age: -1}
 	reg, err := otelcache.RegisterBus(mp.Meter("test"), b, nil)
 	if err != nil {
 		t.Fatal(err)

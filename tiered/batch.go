@@ -278,7 +278,7 @@ func (b *batch[V]) run(ctx context.Context) {
 			switch {
 			case it.done:
 			case b.loader == nil:
-				it.finish(outcome[V]{err: fmt.Errorf("%w: %w", ErrUnavailable, err)})
+				it.finish(outcome[V]{err: wrap(err, ErrUnavailable)})
 			case !it.pending:
 				it.unleased = true
 			}
@@ -292,9 +292,9 @@ func (b *batch[V]) run(ctx context.Context) {
 		switch {
 		case it.done:
 		case it.pending && b.loader == nil:
-			it.finish(outcome[V]{err: fmt.Errorf("%w: %w", ErrUnavailable, errPending)})
+			it.finish(outcome[V]{err: wrap(errPending, ErrUnavailable)})
 		case it.readErr != nil && b.loader == nil:
-			it.finish(outcome[V]{err: fmt.Errorf("%w: %w", ErrUnavailable, it.readErr)})
+			it.finish(outcome[V]{err: wrap(it.readErr, ErrUnavailable)})
 		case it.pending:
 		case it.readErr != nil:
 			it.unleased = true

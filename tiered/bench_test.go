@@ -384,7 +384,7 @@ func BenchmarkGetMany(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if err := (l2.JSON{}).Unmarshal(env.Payload, &out[i]); err != nil || out[i].ID != 42 {
+				if err := (JSON{}).Unmarshal(env.Payload, &out[i]); err != nil || out[i].ID != 42 {
 					b.Fatal(out[i].ID, err)
 				}
 			}

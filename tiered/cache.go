@@ -39,7 +39,8 @@ type Cache[V any] struct {
 	o   Options
 	l1  *l1.Cache[*entry[V]] // nil when Options.DisableL1
 	l2  *l2.Store
-	bus *pubsub.Bus
+	pub *Bus        // Options.Bus, or the cache's own
+	bus *pubsub.Bus // pub's subscription
 	log *ratelog.Limiter
 
 	// flights are the flights a caller may join; replaced when the bus
@@ -75,12 +76,13 @@ type Cache[V any] struct {
 
 	stats counters
 
-	closeMu    sync.RWMutex   // orders running.Add before Close's running.Wait
-	closed     atomic.Bool    // set with closeMu held for writing
-	closing    chan struct{}  // closed by Close: lease waits end
-	running    sync.WaitGroup // running flights; Close waits for them
-	closeOnce  sync.Once
-	unregister func()
+	closeMu   sync.RWMutex   // orders running.Add before Close's running.Wait
+	closed    atomic.Bool    // set with closeMu held for writing
+	closing   chan struct{}  // closed by Close: lease waits end
+	running   sync.WaitGroup // running flights; Close waits for them
+	closeOnce sync.Once
+	closeErr  error  // Shutdown's result; written in closeOnce
+	detach    func() // from pub
 
 	// pollMin and pollMax bound the backoff of a flight polling for a lease
 	// (see flight.go); tests raise them to prove that wake messages suffice.
@@ -109,12 +111,12 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 	}
 	store, err := l2.New(rdb, &l2.Options{Namespace: o.Namespace, OpTimeout: o.OpTimeout})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
+		return nil, wrap(err, ErrInvalidOptions)
 	}
 	c := &Cache[V]{
 		o:         o,
 		l2:        store,
-		bus:       o.Bus,
+		pub:       o.Bus,
 		log:       ratelog.New(o.Logger, 5*time.Second),
 		waiters:   make(map[string]map[chan struct{}]struct{}),
 		brk:       breaker{threshold: int64(o.BreakerFailures)},
@@ -133,19 +135,27 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 	if !o.DisableL1 {
 		c.l1, err = l1.New[*entry[V]](&l1.Options{MaxBytes: o.L1MaxBytes, NumCounters: o.L1NumCounters})
 		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
+			return nil, wrap(err, ErrInvalidOptions)
 		}
 	}
-	if c.bus == nil {
-		c.bus, err = pubsub.New(rdb, &pubsub.Options{Logger: o.Logger, MaxStaleness: o.MaxStaleness})
-		if err != nil {
-			if c.l1 != nil {
-				c.l1.Close()
-			}
+	if c.pub == nil {
+		// Shutdown delivers the outbox within its ctx: the bus's own
+		// Close does not try again (CloseTimeout < 0).
+		busOpts := &BusOptions{Logger: o.Logger, MaxStaleness: o.MaxStaleness, CloseTimeout: -1}
+		if c.pub, err = NewBus(rdb, busOpts); err != nil {
+			c.closeL1()
 			return nil, err
 		}
+		c.pub.owned = true
 	}
-	c.unregister = c.bus.Register(o.Namespace, busHandler[V]{c})
+	c.bus = c.pub.pb
+	if c.detach, err = c.pub.attach(o.Namespace, busHandler[V]{c}); err != nil {
+		if c.pub.owned {
+			c.pub.close()
+		}
+		c.closeL1()
+		return nil, err
+	}
 	rdb.AddHook(dialCounter{&c.dials})
 	go c.maintain()
 	c.kickMaintenance()
@@ -167,13 +177,13 @@ func (c *Cache[V]) warn(msg string) {
 }
 
 // defaultCodec is the codec of a cache of V when Options.Codec is nil.
-func defaultCodec[V any]() l2.Codec {
+func defaultCodec[V any]() Codec {
 	var zero V
 	switch any(zero).(type) {
 	case []byte, string:
-		return l2.Raw{}
+		return Raw{}
 	}
-	return l2.JSON{}
+	return JSON{}
 }
 
 // contextTimeouts reports whether rdb applies context deadlines to its
@@ -188,8 +198,17 @@ func contextTimeouts(rdb redis.UniversalClient) bool {
 	return true
 }
 
-// Bus returns the invalidation bus the cache uses.
-func (c *Cache[V]) Bus() *pubsub.Bus { return c.bus }
+// Bus returns the invalidation bus the cache uses: Options.Bus, or the
+// one it made for itself, which its Close closes (Bus.Close on it fails
+// with ErrBusInUse).
+func (c *Cache[V]) Bus() *Bus { return c.pub }
+
+// closeL1 stops L1, if there is one.
+func (c *Cache[V]) closeL1() {
+	if c.l1 != nil {
+		c.l1.Close()
+	}
+}
 
 // Stats returns the cache's counters.
 func (c *Cache[V]) Stats() Stats { return c.stats.snapshot() }
@@ -201,9 +220,18 @@ func (c *Cache[V]) Stats() Stats { return c.stats.snapshot() }
 // calling WaitReady is optional: a service may use it in its readiness
 // probe.
 func (c *Cache[V]) WaitReady(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { // Shutdown ends the wait, even on a shared bus
+		select {
+		case <-c.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	for {
 		if err := c.bus.WaitHealthy(ctx); err != nil {
-			if errors.Is(err, pubsub.ErrClosed) {
+			if c.closed.Load() || errors.Is(err, pubsub.ErrClosed) {
 				return ErrClosed
 			}
 			return err
@@ -211,28 +239,47 @@ func (c *Cache[V]) WaitReady(ctx context.Context) error {
 		if c.waitSynced(ctx) && c.bus.Proven(mono.Now()) {
 			return nil
 		}
-		if c.closed.Load() {
-			return ErrClosed
-		}
 		t := time.NewTimer(time.Millisecond)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return ctx.Err()
+		}
+		if c.closed.Load() {
+			return ErrClosed
+		}
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 	}
 }
 
-// Close stops the goroutines New started and drops L1. It is idempotent;
-// afterwards every method returns ErrClosed. Flights in progress stop waiting
-// for leases (their callers get ErrClosed) and Close waits for them to end,
-// so no loader runs after Close returns; a loader that is running is waited
-// for (its context ends after Options.LoadTimeout). Invalidations of this
-// cache still in the outbox are delivered for up to the bus's CloseTimeout
-// (pubsub.DefaultCloseTimeout for a shared bus). Close must not be called
-// while other methods of the cache are running.
+// Close is Shutdown with a deadline of the bus's CloseTimeout (2s by
+// default) for delivering the outbox.
 func (c *Cache[V]) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), pubsub.DefaultCloseTimeout)
+	defer cancel()
+	return c.Shutdown(ctx)
+}
+
+// Shutdown closes the cache. It may be called at any time, from any
+// goroutine, while other methods run, and more than once.
+//
+// From its start, new calls return ErrClosed (Get and GetOrLoad of a key
+// in L1 may still answer from it until Shutdown returns). Calls already
+// running finish, or return ErrClosed: a flight waiting for another node's
+// lease stops waiting. Shutdown waits for them, so no loader runs and no
+// method touches L1, Redis or the outbox after it returns; a loader that
+// is running is waited for (its context ends after Options.LoadTimeout),
+// and a write for at most Options.WriteTimeout.
+//
+// Then Shutdown delivers what the outbox holds of this cache's namespace,
+// until ctx ends; if ctx ends first, it returns an error wrapping ErrQueued
+// and ctx's error, and those invalidations are lost with the process: the
+// other nodes drop those keys when their TTLs end. Last, it stops the
+// goroutines New started and drops L1, and closes the bus if the cache
+// made it. Every call returns the result of the first.
+func (c *Cache[V]) Shutdown(ctx context.Context) error {
 	c.closeOnce.Do(func() {
 		c.closeMu.Lock()
 		c.closed.Store(true)
@@ -240,19 +287,17 @@ func (c *Cache[V]) Close() error {
 		c.closeMu.Unlock()
 		c.running.Wait()
 		<-c.maintDone
-		if c.o.Bus == nil { // the bus is our own: its Close delivers the outbox
-			_ = c.bus.Close()
-		} else {
-			ctx, cancel := context.WithTimeout(context.Background(), pubsub.DefaultCloseTimeout)
-			_ = c.bus.Flush(ctx, c.o.Namespace)
-			cancel()
+		c.bus.Redeliver() // the load that made deliveries back off is gone
+		if err := c.bus.Flush(ctx, c.o.Namespace); err != nil {
+			c.closeErr = wrap(err, ErrQueued)
 		}
-		c.unregister()
-		if c.l1 != nil {
-			c.l1.Close()
+		c.detach()
+		if c.pub.owned {
+			c.pub.close()
 		}
+		c.closeL1()
 	})
-	return nil
+	return c.closeErr
 }
 
 func (c *Cache[V]) checkKey(key string) error {
@@ -562,9 +607,9 @@ func (c *Cache[V]) lead(ctx context.Context, g *group[V], key string, cl *call[V
 	o = fn(context.WithoutCancel(ctx))
 }
 
-// enter counts a flight or background load as running, so that Close waits
-// for it; it reports false once the cache is closed. The caller calls
-// c.running.Done when it ends.
+// enter counts a write, a flight or a background load as running, so that
+// Shutdown waits for it; it reports false once the cache is closed. The
+// caller calls c.running.Done when it ends.
 func (c *Cache[V]) enter() bool {
 	c.closeMu.RLock()
 	defer c.closeMu.RUnlock()
@@ -635,9 +680,9 @@ func (c *Cache[V]) set(ctx context.Context, key string, v V, ttl time.Duration) 
 		c.written(key)
 		return nil
 	case delivered:
-		return fmt.Errorf("%w: %w", ErrUnavailable, cause)
+		return wrap(cause, ErrUnavailable)
 	}
-	return fmt.Errorf("%w: %w: %w", ErrQueued, ErrUnavailable, cause)
+	return wrap(cause, ErrQueued, ErrUnavailable)
 }
 
 // Delete deletes keys from Redis, then from this process's L1, and has every
@@ -696,7 +741,7 @@ func (c *Cache[V]) delete(ctx context.Context, keys ...string) error {
 	case delivered: // write dropped and forgot the keys when it queued them
 		return nil
 	}
-	return fmt.Errorf("%w: %w: %w", ErrQueued, ErrUnavailable, cause)
+	return wrap(cause, ErrQueued, ErrUnavailable)
 }
 
 // Causes wrapped in ErrUnavailable when no Redis call was made.
@@ -705,6 +750,9 @@ var (
 	errNotSynced   = errors.New("tiered: bus not subscribed or server not checked yet")
 	errPending     = errors.New("tiered: the key's invalidation is pending in the outbox")
 )
+
+// errAnnounce wraps the bus's refusal to encode a write's message.
+var errAnnounce = errors.New("tiered: cannot encode announcement")
 
 // write runs do, the Redis side of a Set or Delete of keys, with the
 // deadline of ctx and WriteTimeout, unless the breaker is open. If that
@@ -744,7 +792,7 @@ func (c *Cache[V]) copiesOutlive() time.Duration {
 func (c *Cache[V]) announce(kind pubsub.Kind, keys ...string) (l2.Announce, error) {
 	msgs, err := c.bus.Encode(kind, c.o.Namespace, keys)
 	if err != nil {
-		return l2.Announce{}, fmt.Errorf("tiered: cannot encode announcement: %w", err)
+		return l2.Announce{}, wrap(err, errAnnounce)
 	}
 	return l2.Announce{Channel: c.bus.Channel(), Messages: msgs, Sharded: c.bus.Sharded()}, nil
 }
@@ -771,7 +819,7 @@ func (c *Cache[V]) encode(v V, negative bool, override time.Duration) (sealed, e
 	payload, err := c.o.Codec.Marshal(v)
 	if err != nil {
 		c.stats.rejected.Add(1)
-		return sealed{}, fmt.Errorf("%w: %w", ErrEncode, err)
+		return sealed{}, wrap(err, ErrEncode)
 	}
 	if len(payload) > c.o.MaxValueBytes {
 		c.stats.rejected.Add(1)

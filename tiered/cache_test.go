@@ -658,11 +658,18 @@ func TestTTLs(t *testing.T) {
 func TestSharedClient(t *testing.T) {
 	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
-		products, rdb := newNode[Product](t, b.Addr, Options{Namespace: "products"})
-		names, err := New[string](rdb, &Options{Namespace: "names", TTL: time.Minute, Bus: products.Bus()})
+		rdb := redistest.Client(t, b.Addr)
+		bus, err := NewBus(rdb, &BusOptions{MaxStaleness: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { bus.Close() })
+		products, _ := newNode[Product](t, b.Addr, Options{Namespace: "products", Bus: bus})
+		names, err := New[string](rdb, &Options{Namespace: "names", TTL: time.Minute, Bus: bus})
+		if err != nil {
+			t.Fatal(err)
+		}
+
 		defer names.Close()
 		if err := products.Set(ctx, "1", Product{ID: 1}); err != nil {
 			t.Fatal(err)

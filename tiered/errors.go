@@ -3,6 +3,9 @@ package tiered
 import (
 	"errors"
 	"fmt"
+	"strings"
+
+	"github.com/tieredcache/tiered/l2"
 )
 
 // Errors returned by a [Cache]; check them with errors.Is.
@@ -81,9 +84,62 @@ var (
 	// ErrInvalidOptions is wrapped by the errors of New.
 	ErrInvalidOptions = errors.New("tiered: invalid options")
 
-	// ErrClosed is returned by every method of a closed Cache.
-	ErrClosed = errors.New("tiered: cache is closed")
+	// ErrClosed is returned by every method of a closed Cache (and by
+	// Bus.WaitHealthy on a closed Bus).
+	ErrClosed = errors.New("tiered: closed")
+
+	// ErrBusInUse is returned by Bus.Close while a cache uses the bus.
+	ErrBusInUse = errors.New("tiered: bus in use")
 )
+
+// chain is an error of this package around a cause from a building block
+// (l2, pubsub, l1) or from tiered itself. errors.Is matches each of its
+// kinds and everything the cause wraps, and its message names the package
+// once: "tiered: invalidation queued: redis unavailable: set script: i/o
+// timeout", not "tiered: invalidation queued: tiered: redis unavailable:
+// l2: redis unavailable: set script: i/o timeout".
+type chain struct {
+	kinds []error // tiered sentinels, outermost first
+	cause error
+}
+
+// wrap returns cause wrapped in kinds, the sentinels of this package that
+// say what failed, outermost first.
+func wrap(cause error, kinds ...error) error { return &chain{kinds: kinds, cause: cause} }
+
+func (e *chain) Error() string {
+	var b strings.Builder
+	for i, k := range e.kinds {
+		if i > 0 {
+			b.WriteString(": ")
+		}
+		b.WriteString(unprefixed(k.Error(), i > 0))
+	}
+	b.WriteString(": ")
+	b.WriteString(unprefixed(e.cause.Error(), true))
+	return b.String()
+}
+
+// Unwrap returns the kinds and the cause.
+func (e *chain) Unwrap() []error { return append(e.kinds[:len(e.kinds):len(e.kinds)], e.cause) }
+
+// prefixes are what unprefixed strips, longest first: the message of the
+// l2 sentinel that tiered's ErrUnavailable says again, then the packages'.
+var prefixes = []string{l2.ErrUnavailable.Error() + ": ", "tiered: ", "l2: ", "pubsub: ", "l1: "}
+
+// unprefixed returns msg without its leading package prefixes, when strip.
+func unprefixed(msg string, strip bool) string {
+	for strip {
+		strip = false
+		for _, p := range prefixes {
+			if s, ok := strings.CutPrefix(msg, p); ok {
+				msg, strip = s, true
+				break
+			}
+		}
+	}
+	return msg
+}
 
 // PanicError is the error of a load whose loader panicked. It wraps
 // ErrLoaderPanic and, when the panic value is an error, that error too.

@@ -10,7 +10,6 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tieredcache/tiered/pubsub"
 	"github.com/tieredcache/tiered/tiered"
 )
 
@@ -163,7 +162,7 @@ func ExampleCache_GetOrLoad_negative() {
 func ExampleNew_sharedBus() {
 	rdb, stop := startRedis()
 	defer stop()
-	bus, err := pubsub.New(rdb, nil)
+	bus, err := tiered.NewBus(rdb, nil)
 	if err != nil {
 		panic(err)
 	}

@@ -13,7 +13,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/redistest"
-	"github.com/tieredcache/tiered/pubsub"
 )
 
 // Failover tests: a real replicated Redis (a Cluster of 3 masters and 3
@@ -59,7 +58,7 @@ func haNodes(t *testing.T, tg haTarget, db *memDB, names ...string) []*faultNode
 	t.Helper()
 	var nodes []*faultNode
 	for _, name := range names {
-		bus, err := pubsub.New(tg.client(t), &pubsub.Options{HealthInterval: 200 * time.Millisecond})
+		bus, err := NewBus(tg.client(t), &BusOptions{HealthInterval: 200 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}

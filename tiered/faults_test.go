@@ -16,7 +16,6 @@ import (
 	"github.com/tieredcache/tiered/internal/faultproxy"
 	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/l2"
-	"github.com/tieredcache/tiered/pubsub"
 )
 
 // Fault tests: independent nodes on a real redis-server started by the
@@ -141,7 +140,7 @@ func faultClient(t *testing.T, addr string) *redis.Client {
 }
 
 // faultBusOptions are the bus options of newFaultNode.
-var faultBusOptions = pubsub.Options{HealthInterval: 200 * time.Millisecond}
+var faultBusOptions = BusOptions{HealthInterval: 200 * time.Millisecond}
 
 func newFaultNode(t *testing.T, name, dataAddr, busAddr string, db *memDB, opts Options) *faultNode {
 	t.Helper()
@@ -149,16 +148,16 @@ func newFaultNode(t *testing.T, name, dataAddr, busAddr string, db *memDB, opts 
 	return newFaultNodeBus(t, name, dataAddr, busAddr, db, opts, &bo)
 }
 
-func newFaultNodeBus(t *testing.T, name, dataAddr, busAddr string, db *memDB, opts Options, busOpts *pubsub.Options) *faultNode {
+func newFaultNodeBus(t *testing.T, name, dataAddr, busAddr string, db *memDB, opts Options, busOpts *BusOptions) *faultNode {
 	t.Helper()
 	return newFaultNodeOn(t, name, faultClient(t, dataAddr), faultClient(t, busAddr), db, opts, busOpts)
 }
 
 // newFaultNodeOn returns a node whose cache uses data and whose bus uses
 // bus, in namespace "faults" unless opts names one, once it is ready.
-func newFaultNodeOn(t *testing.T, name string, data, busClient redis.UniversalClient, db *memDB, opts Options, busOpts *pubsub.Options) *faultNode {
+func newFaultNodeOn(t *testing.T, name string, data, busClient redis.UniversalClient, db *memDB, opts Options, busOpts *BusOptions) *faultNode {
 	t.Helper()
-	bus, err := pubsub.New(busClient, busOpts)
+	bus, err := NewBus(busClient, busOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +285,7 @@ func (ft faultTarget) pair(t *testing.T) (*memDB, *faultNode, *faultNode) {
 // redis-server of its own, and "cluster/<sub>", all on one real Redis
 // Cluster (3 masters with a replica each; forming it takes seconds), each
 // in a namespace of its own; with no subs, in "redis-server" and "cluster".
-// The nodes' buses on the cluster use sharded pub/sub (pubsub.ModeAuto).
+// The nodes' buses on the cluster use sharded pub/sub (BusModeAuto).
 func faultTargets(t *testing.T, subs []string, f func(t *testing.T, ft faultTarget, sub string)) {
 	t.Helper()
 	t.Run("redis-server", func(t *testing.T) {
@@ -588,7 +587,7 @@ func TestFaultQueued(t *testing.T) {
 		if d := time.Since(start); d < 300*time.Millisecond || d > 3*time.Second {
 			t.Errorf("Delete returned after %v, want about the WriteTimeout (300ms)", d)
 		}
-		if !a.c.Bus().Pending(ns, "q") {
+		if !a.c.bus.Pending(ns, "q") {
 			t.Fatal("the invalidation is not pending in the outbox")
 		}
 		for range 5 {
@@ -609,7 +608,7 @@ func TestFaultQueued(t *testing.T) {
 		if s := a.c.Stats(); s.Queued != 1 || s.Delivered != 1 {
 			t.Fatalf("writer's Stats: Queued %d, Delivered %d; want 1 and 1", s.Queued, s.Delivered)
 		}
-		if a.c.Bus().Pending(ns, "q") {
+		if a.c.bus.Pending(ns, "q") {
 			t.Fatal("still pending after delivery")
 		}
 	})
@@ -662,7 +661,7 @@ func TestFaultRestart(t *testing.T) {
 					t.Fatal(err)
 				}
 				t.Cleanup(func() { busProxy.Close() })
-				late := &pubsub.Options{HealthInterval: time.Minute}
+				late := &BusOptions{HealthInterval: time.Minute}
 				a = newFaultNodeBus(t, "A", srv.Addr, busProxy.Addr(), db, Options{}, late)
 				b = newFaultNodeBus(t, "B", srv.Addr, busProxy.Addr(), db, Options{}, late)
 			}
@@ -795,7 +794,7 @@ func TestFaultReadDuringGap(t *testing.T) {
 		// but cannot prove itself fresh, so only the rule that flights
 		// are joinable for MaxStaleness while unproven protects it.
 		b := newFaultNodeOn(t, "B", ft.client(t, nil), ft.client(t, p.dial), db, Options{Namespace: ft.namespace()},
-			&pubsub.Options{HealthInterval: time.Minute})
+			&BusOptions{HealthInterval: time.Minute})
 		ctx := context.Background()
 		db.bump("g")
 
@@ -940,7 +939,7 @@ func testFaultOutboxOverflow(t *testing.T, ft faultTarget) {
 	db := newMemDB()
 	ns := ft.namespace()
 	a := newFaultNodeOn(t, "A", ft.client(t, p.dial), ft.client(t, nil), db, Options{Namespace: ns, WriteTimeout: 100 * time.Millisecond},
-		&pubsub.Options{HealthInterval: 200 * time.Millisecond, OutboxSize: 2})
+		&BusOptions{HealthInterval: 200 * time.Millisecond, OutboxSize: 2})
 	b := ft.node(t, "B", nil, db, Options{})
 	keys := numbered("o", 4)
 	warm(t, keys, a, b)
@@ -954,11 +953,11 @@ func testFaultOutboxOverflow(t *testing.T, ft faultTarget) {
 		}
 	}
 	// keys[3] was never written, but the whole namespace is being purged.
-	if !a.c.Bus().Pending(ns, keys[3]) {
+	if !a.c.bus.Pending(ns, keys[3]) {
 		t.Fatal("after the overflow, a key of the namespace is not pending")
 	}
 	p.Resume()
-	waitFor(t, 5*time.Second, "the purge", func() bool { return !a.c.Bus().Pending(ns, keys[3]) })
+	waitFor(t, 5*time.Second, "the purge", func() bool { return !a.c.bus.Pending(ns, keys[3]) })
 	if s := a.c.Stats(); s.Purges != 1 {
 		t.Fatalf("A's Stats.Purges = %d, want 1", s.Purges)
 	}

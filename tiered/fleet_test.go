@@ -15,7 +15,6 @@ import (
 
 	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/internal/stats"
-	"github.com/tieredcache/tiered/pubsub"
 )
 
 // Fleet tests: several independent nodes (own client, own bus, own L1)
@@ -81,7 +80,7 @@ type fleetTarget struct {
 	cluster *redistest.Cluster // nil for a redis-server
 	// classic gives each node on the cluster a bus of ModeClassic (PUBLISH
 	// and one SUBSCRIBE) instead of the one New makes, which is sharded on a
-	// Cluster client (pubsub.ModeAuto).
+	// Cluster client (BusModeAuto).
 	classic bool
 	// ns is the nodes' namespace and names their source keys; "" means
 	// namespace "fleet" and source keys "src:<key>".
@@ -196,7 +195,7 @@ func newFleetOn(t *testing.T, tg fleetTarget, n int, opts Options) []*fleetNode 
 		rdb := tg.client(t, gate.dial) // closed after the cache and bus: cleanups run last-in first-out
 		o := opts
 		if tg.classic && o.Bus == nil {
-			bus, err := pubsub.New(rdb, &pubsub.Options{Mode: pubsub.ModeClassic, MaxStaleness: o.MaxStaleness})
+			bus, err := NewBus(rdb, &BusOptions{Mode: BusModeClassic, MaxStaleness: o.MaxStaleness})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -395,7 +394,7 @@ func testFleetRace(t *testing.T, tg fleetTarget) {
 	ctx := context.Background()
 	ns := tg.namespace()
 	heard := make(chan struct{}, 1)
-	unregister := b.c.Bus().Register(ns, notifyHandler{heard})
+	unregister := b.c.bus.Register(ns, notifyHandler{heard})
 	defer unregister()
 
 	started, release := make(chan struct{}), make(chan struct{})
@@ -656,7 +655,7 @@ func TestFleetSilentSubscriber(t *testing.T) {
 	ctx := context.Background()
 	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
 	defer rdb.Close()
-	bus, err := pubsub.New(rdb, &pubsub.Options{HealthInterval: 100 * time.Millisecond})
+	bus, err := NewBus(rdb, &BusOptions{HealthInterval: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

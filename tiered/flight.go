@@ -127,7 +127,7 @@ func (c *Cache[V]) fetch(ctx context.Context, key string) outcome[V] {
 	case errors.Is(err, l2.ErrMiss):
 		return outcome[V]{err: ErrNotFound, from: OriginRedis, miss: true}
 	case err != nil:
-		return outcome[V]{err: fmt.Errorf("%w: %w", ErrUnavailable, err)}
+		return outcome[V]{err: wrap(err, ErrUnavailable)}
 	}
 	if o, _, ok := c.hit(ctx, t, key, raw); ok {
 		return o

@@ -59,12 +59,12 @@ func (c *Cache[V]) addTags(ctx context.Context, keys, tags []string) error {
 	}
 	if !c.brk.allow() {
 		c.stats.breakerSkips.Add(1)
-		return fmt.Errorf("%w: %w", ErrUnavailable, errBreakerOpen)
+		return wrap(errBreakerOpen, ErrUnavailable)
 	}
 	err := c.l2.AddTags(ctx, keys, tags, c.copiesOutlive())
 	c.l2Done("add tags", err)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return wrap(err, ErrUnavailable)
 	}
 	return nil
 }
@@ -193,5 +193,5 @@ func (c *Cache[V]) purge(wctx context.Context) error {
 	if !errors.Is(cause, errBreakerOpen) && c.bus.Flush(wctx, c.o.Namespace) == nil {
 		return nil
 	}
-	return fmt.Errorf("%w: %w: %w", ErrQueued, ErrUnavailable, cause)
+	return wrap(cause, ErrQueued, ErrUnavailable)
 }

@@ -89,7 +89,7 @@ func TestClearQueued(t *testing.T) {
 	if !errors.Is(err, ErrQueued) || !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Clear with Redis silent = %v", err)
 	}
-	if !n.c.Bus().Pending("faults", "k") {
+	if !n.c.bus.Pending("faults", "k") {
 		t.Fatal("the queued purge does not cover the namespace's keys")
 	}
 	calls := db.calls.Load()
@@ -97,7 +97,7 @@ func TestClearQueued(t *testing.T) {
 		t.Fatalf("a read during the queued purge did not go to the loader (%v)", err)
 	}
 	p.Resume()
-	waitFor(t, 10*time.Second, "the purge to be delivered", func() bool { return !n.c.Bus().Pending("faults", "k") })
+	waitFor(t, 10*time.Second, "the purge to be delivered", func() bool { return !n.c.bus.Pending("faults", "k") })
 	raw := redistest.Client(t, srv.Addr)
 	if keys, _ := raw.Keys(ctx, "faults:{*").Result(); len(keys) != 0 {
 		t.Fatalf("keys left after the delivered purge: %q", keys)
@@ -284,7 +284,7 @@ func TestInvalidateTagsQueued(t *testing.T) {
 		t.Fatalf("InvalidateTags with Redis silent = %v", err)
 	}
 	p.Resume()
-	waitFor(t, 10*time.Second, "the invalidation to be delivered", func() bool { return !n.c.Bus().Pending("faults", "k") })
+	waitFor(t, 10*time.Second, "the invalidation to be delivered", func() bool { return !n.c.bus.Pending("faults", "k") })
 	raw := redistest.Client(t, srv.Addr)
 	if x, _ := raw.Exists(ctx, "faults:{k}").Result(); x != 0 {
 		t.Fatal("the tagged value survived the delivered invalidation")

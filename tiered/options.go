@@ -91,9 +91,9 @@ type Options struct {
 	// Default false.
 	DisableL1 bool
 
-	// Codec encodes values for Redis. Default l2.Raw for a cache of
-	// []byte or string (their bytes as they are), l2.JSON otherwise.
-	Codec l2.Codec
+	// Codec encodes values for Redis. Default Raw for a cache of
+	// []byte or string (their bytes as they are), JSON otherwise.
+	Codec Codec
 
 	// OpTimeout bounds every Redis call of a read through its context: a
 	// read fails fast and falls through to the loader. Default
@@ -182,10 +182,11 @@ type Options struct {
 	// DefaultMaxValueBytes.
 	MaxValueBytes int
 
-	// Bus is the invalidation bus. Share one Bus between all caches of a
-	// process to use one subscription. Default: the cache creates its own
-	// and Close closes it.
-	Bus *pubsub.Bus
+	// Bus is the invalidation bus (see NewBus). Share one Bus between all
+	// caches of a process to use one subscription; each cache on it needs
+	// a namespace of its own. Default: the cache creates its own and Close
+	// closes it.
+	Bus *Bus
 
 	// Logger receives rate-limited reports of Redis failures, corrupt
 	// values and rejected inputs, and the warnings about a misconfiguration
@@ -272,7 +273,7 @@ func (o *Options) withDefaults() (Options, error) {
 		r.L1MaxBytes = l1.DefaultMaxBytes
 	}
 	if r.Codec == nil {
-		r.Codec = l2.JSON{}
+		r.Codec = JSON{}
 	}
 	if r.OpTimeout == 0 {
 		r.OpTimeout = l2.DefaultOpTimeout
@@ -293,6 +294,9 @@ func (o *Options) withDefaults() (Options, error) {
 		r.WriteTimeout = DefaultWriteTimeout
 	}
 	if r.Bus != nil {
+		if r.Bus.owned {
+			return r, invalid("Bus is the one another cache made for itself, which its Close closes; share a Bus made by NewBus")
+		}
 		if r.MaxStaleness != 0 && r.MaxStaleness != r.Bus.MaxStaleness() {
 			return r, invalid("MaxStaleness %v differs from the Bus's %v", r.MaxStaleness, r.Bus.MaxStaleness())
 		}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tieredcache/tiered/pubsub"
 	"github.com/tieredcache/tiered/tiered"
 	"github.com/tieredcache/tiered/tiered/httpcache"
 )
@@ -43,7 +42,7 @@ type httpRoutes struct {
 
 // newHTTPCache returns the cache of stored responses of a node, on the
 // node's Redis client and bus, with the product cache's settings.
-func newHTTPCache(rdb redis.UniversalClient, bus *pubsub.Bus, ns string, logger *slog.Logger) (*tiered.Cache[*httpcache.Response], error) {
+func newHTTPCache(rdb redis.UniversalClient, bus *tiered.Bus, ns string, logger *slog.Logger) (*tiered.Cache[*httpcache.Response], error) {
 	return httpcache.NewCache(rdb, &tiered.Options{
 		Namespace:   httpNamespace(ns),
 		TTL:         cacheTTL,

@@ -19,7 +19,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tieredcache/tiered/pubsub"
 	"github.com/tieredcache/tiered/tiered"
 )
 
@@ -73,7 +72,7 @@ func serveNode(ctx context.Context, nc nodeConfig, ready io.Writer) error {
 	// would usually give the bus the cache's client.
 	busRdb := nc.redisClient(nc.BusAddr)
 	defer busRdb.Close()
-	bus, err := pubsub.New(busRdb, &pubsub.Options{
+	bus, err := tiered.NewBus(busRdb, &tiered.BusOptions{
 		Channel: nc.Namespace + ":bus",
 		NodeID:  nc.Name,
 		Logger:  logger,
@@ -152,7 +151,7 @@ type node struct {
 	name    string
 	cat     *catalog
 	cache   *tiered.Cache[Product]
-	bus     *pubsub.Bus
+	bus     *tiered.Bus
 	loader  tiered.Loader[Product]
 	metrics http.Handler // GET /metrics
 	web     *httpRoutes  // the cached JSON endpoints
@@ -167,20 +166,20 @@ type node struct {
 
 // nodeStats is the body of GET /stats.
 type nodeStats struct {
-	Node         string       `json:"node"`
-	PID          int          `json:"pid"`
-	Requests     uint64       `json:"requests"`
-	Gets         uint64       `json:"gets"`
-	Puts         uint64       `json:"puts"`
-	ServerErrors uint64       `json:"server_errors"`
-	Queued       uint64       `json:"invalidations_queued"` // PUTs answered with invalidation_queued
-	BusHealthy   bool         `json:"bus_healthy"`
-	BusProven    bool         `json:"bus_proven"` // the bus proves L1 fresh now: L1 is served
-	Cache        tiered.Stats `json:"cache"`
-	Bus          pubsub.Stats `json:"bus"`
-	HTTPCache    tiered.Stats `json:"http_cache"`          // the cache of the /http/ endpoints
-	Key          string       `json:"key,omitempty"`       // with ?key=
-	KeyLoads     uint64       `json:"key_loads,omitempty"` // loader calls for Key
+	Node         string          `json:"node"`
+	PID          int             `json:"pid"`
+	Requests     uint64          `json:"requests"`
+	Gets         uint64          `json:"gets"`
+	Puts         uint64          `json:"puts"`
+	ServerErrors uint64          `json:"server_errors"`
+	Queued       uint64          `json:"invalidations_queued"` // PUTs answered with invalidation_queued
+	BusHealthy   bool            `json:"bus_healthy"`
+	BusProven    bool            `json:"bus_proven"` // the bus proves L1 fresh now: L1 is served
+	Cache        tiered.Stats    `json:"cache"`
+	Bus          tiered.BusStats `json:"bus"`
+	HTTPCache    tiered.Stats    `json:"http_cache"`          // the cache of the /http/ endpoints
+	Key          string          `json:"key,omitempty"`       // with ?key=
+	KeyLoads     uint64          `json:"key_loads,omitempty"` // loader calls for Key
 }
 
 // putAnswer is the body of a PUT's 200 answer: the row as committed, and
@@ -372,7 +371,7 @@ func redisOptions(addr string) *redis.Options {
 }
 
 // proven reports whether b proves L1 fresh now, as a read would ask.
-func proven(b *pubsub.Bus) bool {
+func proven(b *tiered.Bus) bool {
 	age := b.ProofAge()
 	return age >= 0 && age <= b.MaxStaleness()
 }

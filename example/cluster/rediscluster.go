@@ -4,7 +4,7 @@ package main
 // internal/redistest (3 masters, a replica each, free loopback ports, no
 // persistence). The nodes then use go-redis Cluster clients, which route
 // each key to the master of its hash slot; the bus on a Cluster client uses
-// sharded pub/sub (pubsub.ModeAuto).
+// sharded pub/sub (tiered.BusModeAuto).
 
 import (
 	"context"

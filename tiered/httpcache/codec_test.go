@@ -8,10 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tieredcache/tiered/l2"
+	"github.com/tieredcache/tiered/tiered"
 )
 
-var _ l2.Codec = Codec{}
+var _ tiered.Codec = Codec{}
 
 func sampleResponses() []*Response {
 	return []*Response{

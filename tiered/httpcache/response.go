@@ -29,7 +29,7 @@ type Response struct {
 // codecVersion is the first byte of every encoded Response.
 const codecVersion = 1
 
-// Codec is the [l2.Codec] of a cache of *[Response]: a compact binary
+// Codec is the [tiered.Codec] of a cache of *[Response]: a compact binary
 // encoding (the body is stored as it is, not in base64 as JSON would).
 // Pass it as tiered.Options.Codec, or use [NewCache], which does.
 //
@@ -39,10 +39,10 @@ const codecVersion = 1
 // bytes; the rest is the body. Names are written in sorted order, so equal
 // responses encode to equal bytes.
 //
-// [l2.Codec]: https://pkg.go.dev/github.com/tieredcache/tiered/l2#Codec
+// [tiered.Codec]: https://pkg.go.dev/github.com/tieredcache/tiered/tiered#Codec
 type Codec struct{}
 
-// Marshal implements l2.Codec for a *Response (or a Response).
+// Marshal implements tiered.Codec for a *Response (or a Response).
 func (Codec) Marshal(v any) ([]byte, error) {
 	var r *Response
 	switch x := v.(type) {
@@ -59,7 +59,7 @@ func (Codec) Marshal(v any) ([]byte, error) {
 	return appendResponse(nil, r), nil
 }
 
-// Unmarshal implements l2.Codec into a **Response (or a *Response). The
+// Unmarshal implements tiered.Codec into a **Response (or a *Response). The
 // result does not share memory with data.
 func (Codec) Unmarshal(data []byte, v any) error {
 	r, err := decodeResponse(data)

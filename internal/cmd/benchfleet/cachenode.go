@@ -37,7 +37,7 @@ func newCacheNode[V any](ctx context.Context, addr string, opts tiered.Options) 
 		n.close()
 		return nil, err
 	}
-	opts.Bus = n.bus
+	opts.Bus = tiered.NewBusFrom(n.bus)
 	if n.cache, err = tiered.New[V](n.rdb, &opts); err != nil {
 		n.close()
 		return nil, err

@@ -65,7 +65,7 @@ func newFaultNode(ctx context.Context, id int, addr string, silent bool, logger 
 	n.cache, err = tiered.New[Item](n.rdb, &tiered.Options{
 		Namespace: faultNamespace,
 		TTL:       time.Minute,
-		Bus:       n.bus,
+		Bus:       tiered.NewBusFrom(n.bus),
 		Logger:    logger,
 	})
 	if err != nil {

@@ -231,7 +231,7 @@ func (f *mgFleet) rawOp(set func(i int) []string) *mgOp {
 			if err != nil {
 				return 0, err
 			}
-			if err := (l2.JSON{}).Unmarshal(env.Payload, &out[j]); err != nil {
+			if err := (tiered.JSON{}).Unmarshal(env.Payload, &out[j]); err != nil {
 				return 0, err
 			}
 		}

@@ -50,7 +50,7 @@ func newNode(ctx context.Context, id int, tg target, cfg config) (*node, error) 
 		// (see Options.LeaseTTL); likewise the load timeout.
 		LeaseTTL:    max(2*time.Second, 4*cfg.loader),
 		LoadTimeout: max(tiered.DefaultLoadTimeout, 4*cfg.loader),
-		Bus:         n.bus,
+		Bus:         tiered.NewBusFrom(n.bus),
 	})
 	if err != nil {
 		n.close()

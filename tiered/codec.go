@@ -1,4 +1,4 @@
-package l2
+package tiered
 
 import (
 	"bytes"
@@ -6,26 +6,33 @@ import (
 	"fmt"
 )
 
-// A Codec turns values into bytes and back. It must be safe for concurrent
-// use. Unmarshal receives a pointer to the destination value.
+// A Codec turns values into the bytes stored in Redis and back. It must be
+// safe for concurrent use. Unmarshal receives a pointer to the destination
+// value.
 //
 // To plug in another encoding, implement the two methods; for example, with
 // github.com/vmihailenco/msgpack/v5:
 //
 //	type Msgpack struct{}
 //
-//	func (Msgpack) Marshal(v any) ([]byte, error)      { return msgpack.Marshal(v) }
-//	func (Msgpack) Unmarshal(b []byte, v any) error    { return msgpack.Unmarshal(b, v) }
+//	func (Msgpack) Marshal(v any) ([]byte, error)   { return msgpack.Marshal(v) }
+//	func (Msgpack) Unmarshal(b []byte, v any) error { return msgpack.Unmarshal(b, v) }
 //
-// Changing the codec of a namespace makes the values already in Redis fail to
-// decode; they are then counted as corrupt, deleted and reloaded. Change the
-// namespace at the same time to avoid that burst.
+// A codec may be lossy: JSON turns invalid UTF-8 into U+FFFD and drops
+// unexported fields. So that every node returns the same value for a key,
+// a cache returns and keeps in L1 what the codec gives back, not what the
+// loader or Set was given (see Options.Codec).
+//
+// Changing the codec of a namespace makes the values already in Redis fail
+// to decode; they are then counted as corrupt, deleted and reloaded. Change
+// the namespace at the same time to avoid that burst.
 type Codec interface {
 	Marshal(v any) ([]byte, error)
 	Unmarshal(data []byte, v any) error
 }
 
-// JSON is the default [Codec], encoding/json.
+// JSON is the [Codec] of encoding/json, the default of every cache whose
+// values are not []byte or string.
 type JSON struct{}
 
 // Marshal implements [Codec].
@@ -38,7 +45,8 @@ func (JSON) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v)
 // with no encoding. It is the default codec of a cache of []byte or string,
 // which JSON would store as a base64 or quoted string (85 bytes in Redis
 // for 64 raw). It accepts exactly []byte and string values (and pointers to
-// them for Unmarshal); anything else is an error.
+// them for Unmarshal); anything else is an error. It is lossless, so a
+// cache that uses it keeps the caller's value in L1 as it is.
 type Raw struct{}
 
 // Marshal implements [Codec].
@@ -49,7 +57,7 @@ func (Raw) Marshal(v any) ([]byte, error) {
 	case string:
 		return []byte(x), nil
 	}
-	return nil, fmt.Errorf("l2: the Raw codec takes []byte or string, not %T", v)
+	return nil, fmt.Errorf("the Raw codec takes []byte or string, not %T", v)
 }
 
 // Unmarshal implements [Codec]. It copies data: the caller may keep the
@@ -66,5 +74,5 @@ func (Raw) Unmarshal(data []byte, v any) error {
 		*p = string(data)
 		return nil
 	}
-	return fmt.Errorf("l2: the Raw codec decodes into *[]byte or *string, not %T", v)
+	return fmt.Errorf("the Raw codec decodes into *[]byte or *string, not %T", v)
 }

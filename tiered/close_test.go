@@ -1,0 +1,148 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tieredcache/tiered/internal/redistest"
+)
+
+// TestCloseWhileBusy: Close may be called, twice at once, while 100
+// goroutines are inside every method. Nothing panics or races (the suite
+// runs with -race); every call returns a value, an error it documents, or
+// ErrClosed; a call that begins after Close returned gets ErrClosed; and no
+// loader starts after Close returned.
+func TestCloseWhileBusy(t *testing.T) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
+		// A small L1: 300 goroutines clear it in turn (Clear,
+		// Scope.Clear, InvalidateTags), and a clear costs in proportion
+		// to its counters.
+		c, _ := newNode[Product](t, b.Addr, Options{
+			Fresh: 20 * time.Millisecond, TTL: 50 * time.Millisecond,
+			L1MaxBytes: 1 << 20, L1NumCounters: 1000,
+		})
+		var closed atomic.Bool // set once Close returned
+		var lateLoads atomic.Int64
+		loader := LoaderFunc[Product](func(ctx context.Context, key string) (Product, error) {
+			if closed.Load() {
+				lateLoads.Add(1)
+			}
+			time.Sleep(time.Millisecond)
+			if key == "k0" {
+				return Product{}, ErrNotFound
+			}
+			_ = AddTags(ctx, "tag")
+			return Product{Name: key}, nil
+		})
+		bulk := BulkLoaderFunc[Product](func(ctx context.Context, keys []string) (map[string]Product, error) {
+			if closed.Load() {
+				lateLoads.Add(1)
+			}
+			time.Sleep(time.Millisecond)
+			m := make(map[string]Product, len(keys))
+			for _, k := range keys {
+				m[k] = Product{Name: k}
+			}
+			return m, nil
+		})
+		key := func(i int) string { return fmt.Sprintf("k%d", i%20) }
+		pair := func(i int) []string { return []string{key(i), key(i + 1)} }
+		methods := map[string]func(ctx context.Context, i int) error{
+			"Get":           func(ctx context.Context, i int) error { _, err := c.Get(ctx, key(i)); return err },
+			"GetOrLoad":     func(ctx context.Context, i int) error { _, err := c.GetOrLoad(ctx, key(i), loader); return err },
+			"GetMany":       func(ctx context.Context, i int) error { _, err := c.GetMany(ctx, pair(i), bulk); return err },
+			"GetManyCached": func(ctx context.Context, i int) error { _, err := c.GetManyCached(ctx, pair(i)); return err },
+			"Set":           func(ctx context.Context, i int) error { return c.Set(ctx, key(i), Product{ID: i}) },
+			"SetWithTTL": func(ctx context.Context, i int) error {
+				return c.SetWithTTL(ctx, key(i), Product{ID: i}, 20*time.Millisecond)
+			},
+			"Delete":     func(ctx context.Context, i int) error { return c.Delete(ctx, pair(i)...) },
+			"DeleteNone": func(ctx context.Context, i int) error { return c.Delete(ctx) },
+			"InvalidateTags": func(ctx context.Context, i int) error {
+				return c.InvalidateTags(ctx, "tag")
+			},
+			"Clear":     func(ctx context.Context, i int) error { return c.Clear(ctx) },
+			"WaitReady": func(ctx context.Context, i int) error { return c.WaitReady(ctx) },
+			"Scope.GetOrLoad": func(ctx context.Context, i int) error {
+				_, err := c.Scope("u").GetOrLoad(ctx, key(i), loader)
+				return err
+			},
+			"Scope.Set":   func(ctx context.Context, i int) error { return c.Scope("u").Set(ctx, key(i), Product{}) },
+			"Scope.Clear": func(ctx context.Context, i int) error { return c.Scope("u").Clear(ctx) },
+			"Stats": func(ctx context.Context, i int) error {
+				_ = c.Stats()
+				return nil
+			},
+		}
+		var (
+			wg      sync.WaitGroup
+			started sync.WaitGroup // each goroutine is inside its first call
+			mu      sync.Mutex
+			bad     []string
+		)
+		for name, call := range methods {
+			for g := range 100 {
+				wg.Add(1)
+				started.Add(1)
+				go func() {
+					defer wg.Done()
+					ctx := context.Background()
+					for i := g; ; i++ {
+						after := closed.Load()
+						if i == g {
+							started.Done()
+						}
+						err := call(ctx, i)
+						ok := err == nil || errors.Is(err, ErrClosed) || errors.Is(err, ErrNotFound) ||
+							errors.Is(err, ErrUnavailable) // a read or write cut by Close's server check or flush
+						if after && name != "Stats" {
+							ok = errors.Is(err, ErrClosed)
+						}
+						if !ok {
+							mu.Lock()
+							bad = append(bad, fmt.Sprintf("%s (after Close: %v): %v", name, after, err))
+							mu.Unlock()
+						}
+						if after {
+							return
+						}
+						// Calls that return at once (Stats, a hit) would
+						// otherwise spin and starve the cache's goroutines
+						// of the 2 CPUs of a test machine.
+						time.Sleep(time.Millisecond)
+					}
+				}()
+			}
+		}
+		started.Wait()
+		time.Sleep(100 * time.Millisecond)
+		var closers sync.WaitGroup
+		for range 2 {
+			closers.Add(1)
+			go func() {
+				defer closers.Done()
+				// Shutdown: Close with a deadline for the outbox that an
+				// overloaded miniredis can meet.
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				if err := c.Shutdown(ctx); err != nil {
+					t.Errorf("Shutdown: %v; stats %+v; bus %+v", err, c.Stats(), c.Bus().Stats())
+				}
+			}()
+		}
+		closers.Wait()
+		closed.Store(true)
+		wg.Wait()
+		if n := lateLoads.Load(); n > 0 {
+			t.Errorf("%d loads started after Close returned", n)
+		}
+		if len(bad) > 0 {
+			t.Errorf("%d unexpected results, first: %q", len(bad), bad[:min(len(bad), 5)])
+		}
+	})
+}
