@@ -62,7 +62,7 @@ func failFast(addr string) *redis.Options {
 // that was free a moment ago, so connections to it are refused.
 func RefusedAddr(tb testing.TB) string {
 	tb.Helper()
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -253,7 +253,7 @@ func (c *Cluster) live() []string {
 func startClusterNode(dir string, nodeTimeout time.Duration) (*Server, error) {
 	var lastErr error
 	for range 5 {
-		busPort, err := freePort()
+		busPort, err := FreePort()
 		if err != nil {
 			return nil, err
 		}

@@ -208,7 +208,7 @@ func (s *Sentinel) startSentinel(masterAddr string) (*Server, error) {
 	name := s.opts.MasterName
 	var srv *Server
 	for range 5 { // as startRetrying: a free port may be taken first
-		port, err := freePort()
+		port, err := FreePort()
 		if err != nil {
 			return nil, err
 		}
