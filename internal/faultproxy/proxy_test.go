@@ -10,14 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tieredcache/tiered/internal/leakcheck"
 	"github.com/tieredcache/tiered/internal/redistest"
 )
 
-func TestMain(m *testing.M) {
-	redistest.QuietLogs()
-	leakcheck.Main(m)
-}
+func TestMain(m *testing.M) { redistest.Main(m) }
 
 // waitTimeout bounds every wait for something that must happen. It is
 // generous: a loaded 2-core machine running -race is slow, and a correct
