@@ -9,14 +9,10 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tieredcache/tiered/internal/leakcheck"
 	"github.com/tieredcache/tiered/internal/redistest"
 )
 
-func TestMain(m *testing.M) {
-	redistest.QuietLogs()
-	leakcheck.Main(m)
-}
+func TestMain(m *testing.M) { redistest.Main(m) }
 
 // waitTimeout bounds every wait for something Redis does asynchronously.
 const waitTimeout = 5 * time.Second

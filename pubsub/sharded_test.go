@@ -10,6 +10,7 @@ import (
 
 	"github.com/tieredcache/tiered/internal/hashslot"
 	"github.com/tieredcache/tiered/internal/mono"
+	"github.com/tieredcache/tiered/internal/poll"
 	"github.com/tieredcache/tiered/internal/redistest"
 )
 
@@ -147,11 +148,5 @@ func TestSharded(t *testing.T) {
 // waitFor polls cond until it holds, failing t after waitTimeout.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Until(t, waitTimeout, 10*time.Millisecond, what, cond)
 }

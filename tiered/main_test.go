@@ -12,7 +12,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tieredcache/tiered/internal/leakcheck"
 	"github.com/tieredcache/tiered/internal/redistest"
 )
 
@@ -21,11 +20,10 @@ func TestMain(m *testing.M) {
 		// This process is a fleet node started by a test: see process_test.go.
 		os.Exit(runChildNode(addr))
 	}
-	redistest.QuietLogs() // failover tests make go-redis log every refused dial
 	// Most test clients leave ContextTimeoutEnabled off, and a cache with
 	// no Logger warns about it on slog.Default (TestWarningsWithoutLogger).
 	slog.SetDefault(slog.New(slog.DiscardHandler))
-	leakcheck.Main(m)
+	redistest.Main(m)
 }
 
 // readyTimeout bounds a test's wait for a new node to be ready. A sharded

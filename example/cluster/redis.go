@@ -17,6 +17,8 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/alicebob/miniredis/v2/server"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/redistest"
 )
 
 // redisAuto is the -redis value that makes the run start a redis-server of
@@ -270,7 +272,7 @@ func startOwnedServer(ctx context.Context, dir string) (*ownedServer, error) {
 	}
 	var lastErr error
 	for range 5 { // the free port may be taken before the server binds it
-		port, err := freePort()
+		port, err := redistest.FreePort()
 		if err != nil {
 			return nil, err
 		}
@@ -280,15 +282,6 @@ func startOwnedServer(ctx context.Context, dir string) (*ownedServer, error) {
 		}
 	}
 	return nil, lastErr
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // start starts the server on s.port and waits until it answers PING.

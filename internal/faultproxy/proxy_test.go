@@ -10,14 +10,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tieredcache/tiered/internal/leakcheck"
+	"github.com/tieredcache/tiered/internal/poll"
 	"github.com/tieredcache/tiered/internal/redistest"
 )
 
-func TestMain(m *testing.M) {
-	redistest.QuietLogs()
-	leakcheck.Main(m)
-}
+func TestMain(m *testing.M) { redistest.Main(m) }
 
 // waitTimeout bounds every wait for something that must happen. It is
 // generous: a loaded 2-core machine running -race is slow, and a correct
@@ -177,13 +174,7 @@ func expectClosed(t *testing.T, c net.Conn) {
 // after the event a test can see.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	poll.Until(t, waitTimeout, 2*time.Millisecond, what, cond)
 }
 
 // waitDropped waits until p has dropped n bytes in all, so that bytes sent

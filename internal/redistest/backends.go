@@ -8,6 +8,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/leakcheck"
 )
 
 // Backend is a Redis server owned by one test: a miniredis, or a real
@@ -62,7 +64,7 @@ func failFast(addr string) *redis.Options {
 // that was free a moment ago, so connections to it are refused.
 func RefusedAddr(tb testing.TB) string {
 	tb.Helper()
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -76,6 +78,17 @@ func QuietLogs() { redis.SetLogger(quietLogger{}) }
 type quietLogger struct{}
 
 func (quietLogger) Printf(context.Context, string, ...any) {}
+
+// Main is the TestMain of a package whose tests talk to Redis servers they
+// start, stop and cut: it silences go-redis (QuietLogs), runs the tests, and
+// fails the run if a test leaves a goroutine behind (leakcheck.Main). It
+// does not return.
+//
+//	func TestMain(m *testing.M) { redistest.Main(m) }
+func Main(m *testing.M) {
+	QuietLogs()
+	leakcheck.Main(m)
+}
 
 // Each runs f as a subtest against every server of Backends, in parallel
 // subtests when parallel is true.

@@ -6,17 +6,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/tieredcache/tiered/internal/leakcheck"
 )
 
 // TestMain silences go-redis, whose clients see the servers the tests kill,
 // and fails the run if a test leaves a goroutine behind (a failover
 // client's sentinel watcher, say).
-func TestMain(m *testing.M) {
-	QuietLogs()
-	leakcheck.Main(m)
-}
+func TestMain(m *testing.M) { Main(m) }
 
 // waitTimeout bounds every wait in these tests for something Redis does
 // asynchronously: generous, for a loaded 2-core machine; a correct run

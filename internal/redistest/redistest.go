@@ -237,7 +237,10 @@ func startRetrying(dir string) (*Server, error) {
 	return nil, lastErr
 }
 
-func freePort() (int, error) {
+// FreePort returns a TCP port of 127.0.0.1 that was free a moment ago: the
+// system picked it for a listener that is closed again. Someone else may
+// take it before the caller binds it, so a caller tries again with another.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -249,7 +252,7 @@ func freePort() (int, error) {
 // start starts a redis-server in dir on a free port, with extra appended
 // to its command line.
 func start(dir string, extra ...string) (*Server, error) {
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}

@@ -6,60 +6,21 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"testing"
 	"time"
 
+	"github.com/tieredcache/tiered/internal/benchlist"
 	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/tiered"
 )
 
-// benchItem is one entry of the benchmarks' JSON list: ten fields of the
-// kinds a product listing has.
-type benchItem struct {
-	ID          int64     `json:"id"`
-	SKU         string    `json:"sku"`
-	Name        string    `json:"name"`
-	Category    string    `json:"category"`
-	Description string    `json:"description"`
-	PriceCents  int64     `json:"price_cents"`
-	Stock       int       `json:"stock"`
-	Rating      float64   `json:"rating"`
-	Tags        []string  `json:"tags"`
-	UpdatedAt   time.Time `json:"updated_at"`
-}
-
 // benchListLen is the length of the list the benchmarks serve.
 const benchListLen = 50
 
-func benchList() []benchItem {
-	items := make([]benchItem, benchListLen)
-	for i := range items {
-		id := int64(1000 + i)
-		items[i] = benchItem{
-			ID: id, SKU: fmt.Sprintf("EC-%d", id), Name: fmt.Sprintf("espresso cup %d", i),
-			Category: "kitchen", Description: "a small white porcelain cup, dishwasher safe",
-			PriceCents: 1999 + id, Stock: i % 17, Rating: 4.25 + float64(i%4)/10,
-			Tags:      []string{"cup", "porcelain", "gift"},
-			UpdatedAt: time.Date(2025, 11, 24, 10, 0, i, 0, time.UTC),
-		}
-	}
-	return items
-}
-
 // listHandler is the handler of the benchmarks: it encodes the list with
 // encoding/json on every call, as a handler without a cache does.
-func listHandler(items []benchItem) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, err := json.Marshal(items)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-		_, _ = w.Write(b)
-	})
+func listHandler(items []benchlist.Item) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { benchlist.Write(w, items) })
 }
 
 // benchNode is newNode for benchmarks: a cache of responses over a fresh
@@ -98,7 +59,7 @@ func benchNode(b *testing.B, addr string, o tiered.Options) *tiered.Cache[*Respo
 //     the recorder, the fill of Redis and L1.
 func BenchmarkList(b *testing.B) {
 	addr := redistest.Start(b).Addr
-	items := benchList()
+	items := benchlist.Items(1000, benchListLen)
 	h := listHandler(items)
 	want, err := json.Marshal(items)
 	if err != nil {

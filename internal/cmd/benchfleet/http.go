@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tieredcache/tiered/internal/benchlist"
 	"github.com/tieredcache/tiered/tiered"
 	"github.com/tieredcache/tiered/tiered/httpcache"
 )
@@ -78,38 +79,14 @@ const (
 	httpHost = "shop.example"
 )
 
-// listItem is one product of the http workload's list: ten fields.
-type listItem struct {
-	ID          int64     `json:"id"`
-	SKU         string    `json:"sku"`
-	Name        string    `json:"name"`
-	Category    string    `json:"category"`
-	Description string    `json:"description"`
-	PriceCents  int64     `json:"price_cents"`
-	Stock       int       `json:"stock"`
-	Rating      float64   `json:"rating"`
-	Tags        []string  `json:"tags"`
-	UpdatedAt   time.Time `json:"updated_at"`
-}
-
 // listDB is the in-memory "database" of the http workload: httpPages pages
 // of httpPageLen products.
-type listDB [][]listItem
+type listDB [][]benchlist.Item
 
 func newListDB() listDB {
 	db := make(listDB, httpPages)
 	for p := range db {
-		db[p] = make([]listItem, httpPageLen)
-		for i := range db[p] {
-			id := int64(p*httpPageLen + i)
-			db[p][i] = listItem{
-				ID: id, SKU: fmt.Sprintf("EC-%d", id), Name: fmt.Sprintf("espresso cup %d", id),
-				Category: "kitchen", Description: "a small white porcelain cup, dishwasher safe",
-				PriceCents: 1999 + id, Stock: int(id % 17), Rating: 4.25 + float64(id%4)/10,
-				Tags:      []string{"cup", "porcelain", "gift"},
-				UpdatedAt: time.Date(2025, 11, 24, 10, 0, int(id%60), 0, time.UTC),
-			}
-		}
+		db[p] = benchlist.Items(int64(p*httpPageLen), httpPageLen)
 	}
 	return db
 }
@@ -125,14 +102,7 @@ func (db listDB) handler(runs *atomic.Int64) http.Handler {
 			return
 		}
 		time.Sleep(httpDBCost)
-		b, err := json.Marshal(db[p])
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-		_, _ = w.Write(b)
+		benchlist.Write(w, db[p])
 	})
 }
 
