@@ -1,6 +1,9 @@
 # tiered: a two-tier (ristretto L1 over Redis) cache for fleets of Go services.
 #
 #   make example        run the example cluster on an embedded Redis (ARGS="-chaos" etc.)
+#   make quickstart     two instances of a small HTTP + SQLite service (example/quickstart) on
+#                       an embedded Redis: a price changed through one is new on the other at
+#                       once; ARGS=-serve keeps them running for curl
 #   make test           vet and go mod tidy -diff of every module, race tests of three
 #                       (core, example, otelcache), fuzz corpus replay and a short fuzz
 #                       of each decoder (FUZZTIME executions, not seconds: see fuzz-short)
@@ -31,7 +34,7 @@ FUZZ_TARGETS = ./l2:FuzzDecodeEnvelope ./pubsub:FuzzDecode ./tiered/httpcache:Fu
 # long), not in test.
 SUBMODULES = example otelcache bench
 
-.PHONY: all test vet unit example-test otelcache-test tidy-check fuzz-short fuzz bench bench-fleet bench-peers example lint cover clean
+.PHONY: all test vet unit example-test otelcache-test tidy-check fuzz-short fuzz bench bench-fleet bench-peers example quickstart lint cover clean
 
 all: test
 
@@ -92,6 +95,11 @@ bench-peers:
 
 example:
 	cd example && $(GO) run ./cluster $(ARGS)
+
+# README's "Try it in five minutes": example/quickstart/demo.go starts
+# miniredis and two processes of the service in example/quickstart/main.go.
+quickstart:
+	cd example && $(GO) run ./quickstart demo $(ARGS)
 
 lint: vet
 	$(GO) run $(STATICCHECK) ./...
