@@ -545,7 +545,7 @@ func (b *batch[V]) store(ctx context.Context, idx []int, m map[string]V, r loade
 	c := b.c
 	type fill struct {
 		i int
-		s sealed
+		s sealed[V]
 	}
 	var fills []fill
 	var l2fills []l2.Fill
@@ -580,6 +580,9 @@ func (b *batch[V]) store(ctx context.Context, idx []int, m map[string]V, r loade
 			continue
 		}
 		s, err := c.encode(it.cl.v, neg, r.ttl)
+		if err == nil && !neg {
+			it.cl.v = s.v // what the other nodes decode
+		}
 		if err != nil {
 			c.log.Log(slog.LevelWarn, "tiered: loaded value not cached", err,
 				slog.String("namespace", c.o.Namespace), slog.String("key", it.key))

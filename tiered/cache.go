@@ -34,7 +34,10 @@ func newEntry[V any](v V, m meta) *entry[V] { return &entry[V]{v: v, meta: m} }
 //
 // A Cache is safe for concurrent use by multiple goroutines. Values handed
 // out are shared between callers and with L1: do not mutate what a pointer,
-// slice or map value points to.
+// slice or map value points to. (There is no Options.Clone to copy each
+// value handed out: one Options type serves caches of every V, so it
+// would take and return any, an allocation on every hit of a value that
+// is not a pointer. A caller that must change a value copies it first.)
 type Cache[V any] struct {
 	o   Options
 	l1  *l1.Cache[*entry[V]] // nil when Options.DisableL1
@@ -42,6 +45,8 @@ type Cache[V any] struct {
 	pub *Bus        // Options.Bus, or the cache's own
 	bus *pubsub.Bus // pub's subscription
 	log *ratelog.Limiter
+
+	lossless bool // o.Codec says Unmarshal(Marshal(v)) == v (see roundTrip)
 
 	// flights are the flights a caller may join; replaced when the bus
 	// resets, and while the bus cannot prove L1 fresh (see flightsFor).
@@ -106,6 +111,10 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 	if opts.Codec == nil {
 		o.Codec = defaultCodec[V]()
 	}
+	lossless := false
+	if l, ok := o.Codec.(interface{ Lossless() bool }); ok {
+		lossless = l.Lossless()
+	}
 	if rdb == nil {
 		return nil, invalid("nil redis client")
 	}
@@ -117,6 +126,7 @@ func New[V any](rdb redis.UniversalClient, opts *Options) (*Cache[V], error) {
 		o:         o,
 		l2:        store,
 		pub:       o.Bus,
+		lossless:  lossless,
 		log:       ratelog.New(o.Logger, 5*time.Second),
 		waiters:   make(map[string]map[chan struct{}]struct{}),
 		brk:       breaker{threshold: int64(o.BreakerFailures)},
@@ -675,7 +685,7 @@ func (c *Cache[V]) set(ctx context.Context, key string, v V, ttl time.Duration) 
 	switch {
 	case cause == nil:
 		if c.l1 != nil {
-			c.l1.Replace(t, key, newEntry(v, s.meta()), int64(len(s.env)), min(c.o.L1TTL, s.ttl))
+			c.l1.Replace(t, key, newEntry(s.v, s.meta()), int64(len(s.env)), min(c.o.L1TTL, s.ttl))
 		}
 		c.written(key)
 		return nil
@@ -797,8 +807,10 @@ func (c *Cache[V]) announce(kind pubsub.Kind, keys ...string) (l2.Announce, erro
 	return l2.Announce{Channel: c.bus.Channel(), Messages: msgs, Sharded: c.bus.Sharded()}, nil
 }
 
-// sealed is a value ready for Redis.
-type sealed struct {
+// sealed is a value ready for Redis, and the value every node decodes
+// from it.
+type sealed[V any] struct {
+	v        V             // what the codec gives back (see roundTrip)
 	env      []byte        // the envelope
 	ttl      time.Duration // until its logical expiry; bounds its L1 TTL
 	redisTTL time.Duration // its Redis TTL: ttl, plus MaxStale for a value
@@ -806,24 +818,28 @@ type sealed struct {
 }
 
 // meta returns the meta of an L1 entry holding s's value.
-func (s sealed) meta() meta { return metaOf(s.envelope) }
+func (s sealed[V]) meta() meta { return metaOf(s.envelope) }
 
 // encode returns the envelope for v (or for "not found") and its TTLs.
 // override, when > 0, replaces the cache's TTL (see OverrideTTL).
-func (c *Cache[V]) encode(v V, negative bool, override time.Duration) (sealed, error) {
+func (c *Cache[V]) encode(v V, negative bool, override time.Duration) (sealed[V], error) {
 	if negative {
 		ttl := c.negativeTTL(override)
 		env := l2.Envelope{Negative: true, Expiry: time.Now().Add(ttl)}
-		return sealed{env: env.AppendBinary(make([]byte, 0, l2.HeaderSize)), ttl: ttl, redisTTL: ttl, envelope: env}, nil
+		return sealed[V]{env: env.AppendBinary(make([]byte, 0, l2.HeaderSize)), ttl: ttl, redisTTL: ttl, envelope: env}, nil
 	}
 	payload, err := c.o.Codec.Marshal(v)
 	if err != nil {
 		c.stats.rejected.Add(1)
-		return sealed{}, wrap(err, ErrEncode)
+		return sealed[V]{}, wrap(err, ErrEncode)
 	}
 	if len(payload) > c.o.MaxValueBytes {
 		c.stats.rejected.Add(1)
-		return sealed{}, fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(payload), c.o.MaxValueBytes)
+		return sealed[V]{}, fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(payload), c.o.MaxValueBytes)
+	}
+	if v, err = c.roundTrip(v, payload); err != nil {
+		c.stats.rejected.Add(1)
+		return sealed[V]{}, err
 	}
 	ttl := c.o.TTL
 	if override > 0 {
@@ -840,7 +856,25 @@ func (c *Cache[V]) encode(v V, negative bool, override time.Duration) (sealed, e
 	}
 	b := env.AppendBinary(make([]byte, 0, l2.HeaderSize+len(payload)))
 	env.Payload = nil
-	return sealed{env: b, ttl: ttl, redisTTL: ttl + c.o.MaxStale, envelope: env}, nil
+	return sealed[V]{v: v, env: b, ttl: ttl, redisTTL: ttl + c.o.MaxStale, envelope: env}, nil
+}
+
+// roundTrip returns the value the other nodes decode from payload, v's
+// encoding, so that this node caches and returns the same value as they
+// do: a codec may be lossy (JSON turns invalid UTF-8 into U+FFFD and drops
+// unexported fields). It costs one Unmarshal per Set and per load (see
+// docs/benchmarks.md), skipped for a codec that declares itself lossless.
+// A payload that does not decode would be corrupt on every other node: it
+// is an encoding error.
+func (c *Cache[V]) roundTrip(v V, payload []byte) (V, error) {
+	if c.lossless {
+		return v, nil
+	}
+	var rt V
+	if err := c.o.Codec.Unmarshal(payload, &rt); err != nil {
+		return v, wrap(fmt.Errorf("the codec cannot decode its own encoding: %w", err), ErrEncode)
+	}
+	return rt, nil
 }
 
 // negativeTTL is the TTL of a cached "not found", given a load's override.

@@ -20,8 +20,14 @@ import (
 //
 // A codec may be lossy: JSON turns invalid UTF-8 into U+FFFD and drops
 // unexported fields. So that every node returns the same value for a key,
-// a cache returns and keeps in L1 what the codec gives back, not what the
-// loader or Set was given (see Options.Codec).
+// a cache returns and keeps in L1 what the codec gives back from the bytes
+// it stored, not what the loader or Set was given. That costs one
+// Unmarshal per load and per Set. A codec for which Unmarshal(Marshal(v))
+// always equals v may say so with a method
+//
+//	Lossless() bool
+//
+// returning true; the cache then keeps the value as given. Raw does.
 //
 // Changing the codec of a namespace makes the values already in Redis fail
 // to decode; they are then counted as corrupt, deleted and reloaded. Change
@@ -48,6 +54,9 @@ func (JSON) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v)
 // them for Unmarshal); anything else is an error. It is lossless, so a
 // cache that uses it keeps the caller's value in L1 as it is.
 type Raw struct{}
+
+// Lossless reports true: Raw gives back the bytes it was given.
+func (Raw) Lossless() bool { return true }
 
 // Marshal implements [Codec].
 func (Raw) Marshal(v any) ([]byte, error) {

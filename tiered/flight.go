@@ -364,7 +364,8 @@ func (c *Cache[V]) fillLoaded(ctx context.Context, t l1.Ticket, e epoch, key str
 		c.stats.staleDiscards.Add(1)
 		return o
 	}
-	c.fill(t, key, r.v, s.meta(), len(s.env), s.ttl)
+	o.v = s.v // what the other nodes decode
+	c.fill(t, key, s.v, s.meta(), len(s.env), s.ttl)
 	return o
 }
 
@@ -381,7 +382,8 @@ func (c *Cache[V]) loadUnleased(ctx context.Context, t l1.Ticket, key string, lo
 	case c.l1 == nil || r.untracked:
 	case r.err == nil:
 		if s, eerr := c.encode(r.v, false, r.ttl); eerr == nil {
-			c.fill(t, key, r.v, s.meta(), len(s.env), s.ttl)
+			r.v = s.v // what the other nodes decode
+			c.fill(t, key, s.v, s.meta(), len(s.env), s.ttl)
 		}
 	case neg && c.o.NegativeTTL > 0:
 		var zero V
