@@ -278,7 +278,7 @@ type fakeBus struct {
 	age     time.Duration
 }
 
-func (b *fakeBus) Stats() tiered.BusStats     { return b.s }
+func (b *fakeBus) Stats() tiered.BusStats  { return b.s }
 func (b *fakeBus) Healthy() bool           { return b.healthy }
 func (b *fakeBus) ProofAge() time.Duration { return b.age }
 
