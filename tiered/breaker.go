@@ -1,9 +1,13 @@
 package tiered
 
 import (
+	"context"
+	"errors"
+	"log/slog"
 	"sync/atomic"
 
 	"github.com/tieredcache/tiered/internal/mono"
+	"github.com/tieredcache/tiered/l2"
 )
 
 // The breaker makes a Redis that is known to be down cost nothing per read.
@@ -46,4 +50,42 @@ func (b *breaker) failure() bool {
 		return true
 	}
 	return false
+}
+
+// l2Done records the outcome of a Redis call: a success (or a miss) closes
+// the breaker; a failure is counted and logged, and opens it after
+// BreakerFailures in a row, unless Redis rejected the command (it is up).
+func (c *Cache[V]) l2Done(op string, err error) {
+	if err == nil || errors.Is(err, l2.ErrMiss) {
+		if c.brk.success() {
+			c.log.Log(slog.LevelInfo, "tiered: redis answers again, breaker closed", nil,
+				slog.String("namespace", c.o.Namespace))
+			c.bus.Redeliver()
+		}
+		return
+	}
+	c.stats.l2Errors.Add(1)
+	c.log.Log(slog.LevelWarn, "tiered: redis unavailable", err,
+		slog.String("namespace", c.o.Namespace), slog.String("op", op))
+	if !l2.Permanent(err) && c.brk.failure() {
+		c.stats.breakerOpens.Add(1)
+		c.log.Log(slog.LevelError, "tiered: breaker open: reads skip redis, writes go to the outbox", err,
+			slog.String("namespace", c.o.Namespace))
+		c.kickMaintenance()
+	}
+}
+
+// l2Ready reports whether a read may use Redis now, and if not, why: the
+// breaker is open, or the bus is not subscribed (a gap: the server may have
+// restarted with old data) or its server not checked yet; for those it
+// waits at most OpTimeout.
+func (c *Cache[V]) l2Ready(ctx context.Context) error {
+	if !c.brk.allow() {
+		c.stats.breakerSkips.Add(1)
+		return errBreakerOpen
+	}
+	if !c.waitSynced(ctx) {
+		return errNotSynced
+	}
+	return nil
 }
