@@ -10,6 +10,9 @@ import (
 	"github.com/tieredcache/tiered/l2"
 )
 
+// This file runs one batch of GetMany flights: L1 and one MGET, one
+// pipeline of leases, one BulkLoad call (see run).
+
 // batch is one batch of flights: the keys a GetMany or GetManyCached leads.
 type batch[V any] struct {
 	c      *Cache[V]

@@ -9,6 +9,9 @@ import (
 	"github.com/tieredcache/tiered/pubsub"
 )
 
+// This file stores what a batch loaded: one pipeline of fills, and the
+// releases of what it may not store.
+
 // store gives each loaded item its result and caches it: in Redis by one
 // pipeline of lease compare-and-sets for the leased items (a write since
 // the lease discards the fill, as in loadAndFill), and in L1 through the

@@ -9,6 +9,9 @@ import (
 	"github.com/tieredcache/tiered/pubsub"
 )
 
+// This file is the cache's lifecycle after New: WaitReady, and Close and
+// Shutdown, which may run while every other method does (see Shutdown).
+
 // closeL1 stops L1, if there is one.
 func (c *Cache[V]) closeL1() {
 	if c.l1 != nil {

@@ -8,6 +8,9 @@ import (
 	"github.com/tieredcache/tiered/l2"
 )
 
+// This file turns values into the envelopes stored in Redis, with their
+// TTLs, and back into what every node returns (roundTrip).
+
 // sealed is a value ready for Redis, and the value every node decodes
 // from it.
 type sealed[V any] struct {

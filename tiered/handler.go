@@ -10,6 +10,9 @@ import (
 	"github.com/tieredcache/tiered/pubsub"
 )
 
+// This file is the cache's side of the bus: what it does with each message
+// of its namespace, and the outbox's deliveries of its invalidations.
+
 // busHandler receives the bus messages of the cache's namespace.
 type busHandler[V any] struct{ c *Cache[V] }
 

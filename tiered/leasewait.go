@@ -1,5 +1,9 @@
 package tiered
 
+// This file holds the flights of this process that wait for another node's
+// lease on a key, and wakes them when the value lands (a Wake message, or a
+// write of the key here).
+
 // addWaiter registers a flight of key as waiting for a lease. There is
 // usually one flight per key, but a write makes later callers start a new
 // flight while older ones finish (see written), so waiters are per flight.

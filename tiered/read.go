@@ -6,6 +6,9 @@ import (
 	"github.com/tieredcache/tiered/internal/mono"
 )
 
+// This file is the read path: the L1 fast path of Get and GetOrLoad, and
+// the flights that answer a miss, one per key and generation (flightsFor).
+
 // Get returns the value of key from L1 or Redis. It returns ErrNotFound on
 // a miss (or a cached "not found"), an error wrapping ErrUnavailable when
 // Redis failed, and ErrKeyEmpty, ErrKeyTooLong or ErrClosed.

@@ -10,6 +10,10 @@ import (
 	"github.com/tieredcache/tiered/pubsub"
 )
 
+// This file is the write path: Set and Delete, their Redis call bounded by
+// WriteTimeout, and the outbox that takes their invalidation when Redis
+// does not answer (write).
+
 // Set stores v for key in Redis, then in this process's L1, and has every
 // other node drop key from its L1. A load of key in flight anywhere is
 // discarded rather than written after v.
