@@ -21,36 +21,16 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 	return c.get(ctx, key)
 }
 
+// get is Get without the reserved-key check. With a Tracer, it opens a
+// span once L1 did not answer, or from the start with TraceL1Hits; without
+// one, the hit path tests c.o.Tracer once.
 func (c *Cache[V]) get(ctx context.Context, key string) (V, error) {
-	if c.o.Tracer != nil { // the only cost of tracing when it is off
-		return c.getTraced(ctx, key)
-	}
-	if err := c.checkKey(key); err != nil {
-		var zero V
-		return zero, err
-	}
-	now := mono.Now()
-	proven := c.bus.Proven(now)
-	if e, ok := c.fromL1(key, now, proven); ok {
-		c.stats.hits.add(e.neg)
-		if e.stale != nil {
-			c.servedStale(ctx, key, e.stale)
-		}
-		return e.result()
-	}
-	v, _, _, err := c.fetchFlight(ctx, key, now, proven)
-	return v, err
-}
-
-// getTraced is get with a Tracer: a span once L1 did not answer, or from
-// the start with Options.TraceL1Hits.
-func (c *Cache[V]) getTraced(ctx context.Context, key string) (V, error) {
 	if err := c.checkKey(key); err != nil {
 		var zero V
 		return zero, err
 	}
 	var end func(SpanEnd)
-	if c.o.TraceL1Hits {
+	if c.o.Tracer != nil && c.o.TraceL1Hits {
 		ctx, end = c.startSpan(ctx, OpGet, key, 1)
 	}
 	now := mono.Now()
@@ -66,11 +46,13 @@ func (c *Cache[V]) getTraced(ctx context.Context, key string) (V, error) {
 		}
 		return v, err
 	}
-	if end == nil {
+	if end == nil && c.o.Tracer != nil {
 		ctx, end = c.startSpan(ctx, OpGet, key, 1)
 	}
 	v, from, shared, err := c.fetchFlight(ctx, key, now, proven)
-	end(readEnd(err, from, shared))
+	if end != nil {
+		end(readEnd(err, from, shared))
+	}
 	return v, err
 }
 
@@ -116,40 +98,18 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, loader Loader[V]) 
 	return c.getOrLoad(ctx, key, loader)
 }
 
+// getOrLoad is GetOrLoad without the reserved-key check; spans as in get.
 func (c *Cache[V]) getOrLoad(ctx context.Context, key string, loader Loader[V]) (V, error) {
 	if loader == nil {
 		var zero V
 		return zero, ErrNilLoader
 	}
-	if c.o.Tracer != nil { // the only cost of tracing when it is off
-		return c.getOrLoadTraced(ctx, key, loader)
-	}
-	if err := c.checkKey(key); err != nil {
-		var zero V
-		return zero, err
-	}
-	now := mono.Now()
-	proven := c.bus.Proven(now)
-	if e, ok := c.fromL1(key, now, proven); ok {
-		c.stats.hits.add(e.neg)
-		if now >= e.refresh || e.stale != nil { // rare: Fresh or MaxStale on
-			c.l1Special(ctx, key, e, now, loader)
-		}
-		return e.result()
-	}
-	v, _, _, err := c.loadFlight(ctx, key, loader, now, proven)
-	return v, err
-}
-
-// getOrLoadTraced is getOrLoad with a Tracer: a span once L1 did not
-// answer, or from the start with Options.TraceL1Hits.
-func (c *Cache[V]) getOrLoadTraced(ctx context.Context, key string, loader Loader[V]) (V, error) {
 	if err := c.checkKey(key); err != nil {
 		var zero V
 		return zero, err
 	}
 	var end func(SpanEnd)
-	if c.o.TraceL1Hits {
+	if c.o.Tracer != nil && c.o.TraceL1Hits {
 		ctx, end = c.startSpan(ctx, OpGetOrLoad, key, 1)
 	}
 	now := mono.Now()
@@ -165,11 +125,13 @@ func (c *Cache[V]) getOrLoadTraced(ctx context.Context, key string, loader Loade
 		}
 		return v, err
 	}
-	if end == nil {
+	if end == nil && c.o.Tracer != nil {
 		ctx, end = c.startSpan(ctx, OpGetOrLoad, key, 1)
 	}
 	v, from, shared, err := c.loadFlight(ctx, key, loader, now, proven)
-	end(readEnd(err, from, shared))
+	if end != nil {
+		end(readEnd(err, from, shared))
+	}
 	return v, err
 }
 

@@ -24,11 +24,9 @@ import (
 // gets past L1, and every loader call (see Op). A read answered by L1 is
 // not traced unless Options.TraceL1Hits asks: it is the hot path, and an
 // OpenTelemetry span costs some 20 times the hit itself
-// (docs/benchmarks.md, "Tracing"). With Tracer nil, a read makes one
-// comparison with nil and goes on as it did before tracing existed (Get
-// and GetOrLoad branch to their traced twins, getTraced and
-// getOrLoadTraced); with a Tracer set and TraceL1Hits off, an L1 hit
-// makes two comparisons more and no span. Background work that no caller
+// (docs/benchmarks.md, "Tracing"). With Tracer nil, an L1 hit makes one
+// comparison with nil and one with a nil end function; with a Tracer set
+// and TraceL1Hits off, one comparison more and no span. Background work that no caller
 // waits for runs on contexts of its own and is not traced, except a
 // refresh-ahead load (OpRefresh): outbox deliveries, server checks and
 // breaker probes reach a redisotel hook as root spans.
