@@ -267,8 +267,11 @@ func (c *Cache[V]) track() {
 	}
 }
 
-// Wait blocks until ristretto has applied every buffered write. It is for
-// tests; the read and write paths never call it.
+// Wait blocks until ristretto has applied every buffered write, so that
+// what Fill and Replace accepted is visible to Get. The cache's read and
+// write paths do not need it (a fill not yet visible costs one miss);
+// package tiered's tests and benchmarks, which live in another package,
+// call it to observe L1 deterministically, which is why it is exported.
 func (c *Cache[V]) Wait() {
 	c.guard.clearMu.RLock()
 	defer c.guard.clearMu.RUnlock()
