@@ -92,7 +92,19 @@ type BusOptions struct {
 }
 
 // BusStats are the counters of a [Bus] since it was created.
-type BusStats = pubsub.Stats
+type BusStats struct {
+	Received  uint64 // messages received, including own and garbled ones
+	Own       uint64 // messages of this node, ignored
+	Garbled   uint64 // messages that did not decode, ignored
+	Gaps      uint64 // times the subscription was lost and restored
+	Pings     uint64 // PINGs sent on the subscription
+	Replaced  uint64 // connections replaced because they went silent or were never confirmed
+	Queued    uint64 // keys put in the outbox
+	Delivered uint64 // outbox keys delivered
+	Dropped   uint64 // outbox keys dropped: expired, folded into a purge, or without a cache
+	Purges    uint64 // namespace purges the outbox delivered
+	Pending   int    // keys (and namespaces to purge) in the outbox now
+}
 
 // NewBus subscribes to the invalidation channel and starts the bus's
 // goroutines (receiving, pinging, delivering the outbox); Close stops
@@ -211,4 +223,4 @@ func (b *Bus) Sharded() bool { return b.pb.Sharded() }
 func (b *Bus) NodeID() string { return b.pb.NodeID() }
 
 // Stats returns the bus's counters.
-func (b *Bus) Stats() BusStats { return b.pb.Stats() }
+func (b *Bus) Stats() BusStats { return BusStats(b.pb.Stats()) }

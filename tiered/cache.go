@@ -27,7 +27,7 @@ type entry[V any] struct {
 func newEntry[V any](v V, m meta) *entry[V] { return &entry[V]{v: v, meta: m} }
 
 // Cache is a two-tier cache of values of type V: an in-process ristretto L1
-// in front of Redis, kept coherent across processes by a [pubsub.Bus].
+// in front of Redis, kept coherent across processes by a [Bus].
 //
 // A Cache is safe for concurrent use by multiple goroutines. Values handed
 // out are shared between callers and with L1: do not mutate what a pointer,

@@ -44,7 +44,7 @@
 // # Writes and invalidation
 //
 // [Cache.Set] and [Cache.Delete] change Redis first, then the local L1, and
-// publish an invalidation on a [pubsub.Bus] from the same Lua script that
+// publish an invalidation on the [Bus] from the same Lua script that
 // changed Redis. Every other node drops the keys from its L1 when the message
 // arrives. A write gives Redis the whole of its context and
 // [Options.WriteTimeout], so a paused server is waited out; a write that
@@ -58,7 +58,7 @@
 // Pub/sub is lossy and can be late. A node serves from L1 only while its
 // bus proves that it has applied every invalidation published up to
 // [Options.MaxStaleness] ago (timestamped PINGs on the subscription; see
-// [pubsub.Bus.Proven]); otherwise it reads through. So no read returns a
+// [Bus]); otherwise it reads through. So no read returns a
 // value whose overwrite was acknowledged more than MaxStaleness earlier. A
 // subscription gap drops L1 and every running flight; a server that came
 // back from a restart or failover with old data is detected and the

@@ -31,6 +31,11 @@ const (
 	// DefaultMaxStaleness is the staleness bound of L1: see
 	// Options.MaxStaleness.
 	DefaultMaxStaleness = pubsub.DefaultMaxStaleness
+	// DefaultL1MaxBytes is the default byte budget of a cache's L1.
+	DefaultL1MaxBytes = l1.DefaultMaxBytes
+	// DefaultOpTimeout bounds each Redis call of a read: see
+	// Options.OpTimeout.
+	DefaultOpTimeout = l2.DefaultOpTimeout
 	// DefaultWriteTimeout bounds how long Set and Delete wait for Redis.
 	DefaultWriteTimeout = time.Second
 	// DefaultBreakerFailures is how many consecutive Redis failures open
@@ -80,11 +85,12 @@ type Options struct {
 	NegativeTTL time.Duration
 
 	// L1MaxBytes bounds L1 by the encoded size of its values. Default
-	// l1.DefaultMaxBytes (64 MiB).
+	// DefaultL1MaxBytes (64 MiB).
 	L1MaxBytes int64
 
-	// L1NumCounters is ristretto's NumCounters. Default: derived from
-	// L1MaxBytes, see l1.Options.
+	// L1NumCounters is ristretto's number of access-frequency counters,
+	// ideally ten times the entries L1 holds when full. Default: ten per
+	// 512 bytes of L1MaxBytes, at least 1000.
 	L1NumCounters int64
 
 	// DisableL1 turns the in-process tier off: every read goes to Redis.
@@ -97,7 +103,7 @@ type Options struct {
 
 	// OpTimeout bounds every Redis call of a read through its context: a
 	// read fails fast and falls through to the loader. Default
-	// l2.DefaultOpTimeout (200ms). go-redis honours a context deadline on the
+	// DefaultOpTimeout (200ms). go-redis honours a context deadline on the
 	// socket only when the client has ContextTimeoutEnabled set; without it
 	// a call to a server that does not answer lasts the client's
 	// ReadTimeout (3s by default). New logs a warning for such a client.
@@ -115,7 +121,7 @@ type Options struct {
 	// value whose overwrite was acknowledged more than MaxStaleness before
 	// the read began. A node serves from L1 only while its bus can prove
 	// that it has applied every invalidation published up to MaxStaleness
-	// ago (see pubsub.Bus.Proven); otherwise it reads through. With a Bus
+	// ago (see Bus); otherwise it reads through. With a Bus
 	// of your own, leave it zero or equal to the bus's MaxStaleness.
 	// Default DefaultMaxStaleness (100ms).
 	MaxStaleness time.Duration
@@ -270,13 +276,13 @@ func (o *Options) withDefaults() (Options, error) {
 		r.NegativeTTL = min(r.TTL, DefaultNegativeTTL)
 	}
 	if r.L1MaxBytes == 0 {
-		r.L1MaxBytes = l1.DefaultMaxBytes
+		r.L1MaxBytes = DefaultL1MaxBytes
 	}
 	if r.Codec == nil {
 		r.Codec = JSON{}
 	}
 	if r.OpTimeout == 0 {
-		r.OpTimeout = l2.DefaultOpTimeout
+		r.OpTimeout = DefaultOpTimeout
 	}
 	if r.LoadTimeout == 0 {
 		r.LoadTimeout = DefaultLoadTimeout

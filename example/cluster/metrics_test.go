@@ -16,7 +16,6 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/tieredcache/tiered/pubsub"
 	"github.com/tieredcache/tiered/tiered"
 )
 
@@ -220,7 +219,7 @@ func (c *stubCache) Stats() tiered.Stats { return c.s }
 
 type stubBus struct{}
 
-func (stubBus) Stats() pubsub.Stats     { return pubsub.Stats{Received: 7} }
+func (stubBus) Stats() tiered.BusStats  { return tiered.BusStats{Received: 7} }
 func (stubBus) Healthy() bool           { return true }
 func (stubBus) ProofAge() time.Duration { return 50 * time.Millisecond }
 
