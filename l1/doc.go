@@ -48,4 +48,9 @@
 // older value of its keys is visible, and it never waits for ristretto.
 //
 // This package does not import Redis.
+//
+// This package is a building block of package tiered: its exported names
+// are what tiered needs from it, not an API of their own. Applications use
+// package tiered (tiered.New, whose Options set the L1 budget) rather than
+// importing it.
 package l1

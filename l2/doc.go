@@ -16,7 +16,13 @@
 // and report keys that failed alone with a [BatchError].
 //
 // The envelope format is in envelope.go, the lease protocol in lease.go, the
-// batch operations in batch.go, the scripts in scripts.go. This package knows nothing of the L1 tier or of the
-// message format of the invalidation bus: writes take already-encoded
-// messages in an [Announce] and publish them from the same script.
+// batch operations in batch.go, the scripts in scripts.go. This package
+// knows nothing of the L1 tier or of the message format of the
+// invalidation bus: writes take already-encoded messages in an [Announce]
+// and publish them from the same script.
+//
+// This package is a building block of package tiered: its exported names
+// are what tiered needs from it, not an API of their own. Applications use
+// package tiered (tiered.New, tiered.Codec, tiered.ErrUnavailable and the
+// other errors) rather than importing it.
 package l2

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/tieredcache/tiered/internal/redistest"
+	"github.com/tieredcache/tiered/internal/tieredtest"
 	"github.com/tieredcache/tiered/otelcache"
 	"github.com/tieredcache/tiered/tiered"
 )
@@ -52,15 +53,8 @@ func BenchmarkTracer(b *testing.B) {
 				}
 				rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
 				b.Cleanup(func() { rdb.Close() })
-				c, err := tiered.New[string](rdb, opts)
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(func() { c.Close() })
+				c := tieredtest.Cache[string](b, rdb, opts)
 				ctx := context.Background()
-				if err := c.WaitReady(ctx); err != nil {
-					b.Fatal(err)
-				}
 				var keys []string // made outside the timer
 				if path != "miss" {
 					if err := c.Set(ctx, "k", value); err != nil {

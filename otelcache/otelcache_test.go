@@ -13,6 +13,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
+	"github.com/tieredcache/tiered/internal/tieredtest"
 	"github.com/tieredcache/tiered/otelcache"
 	"github.com/tieredcache/tiered/tiered"
 )
@@ -26,17 +27,7 @@ func newCache(t *testing.T, ns string) *tiered.Cache[string] {
 	t.Cleanup(func() { rdb.Close() })
 	// MaxStaleness is long so that a loaded machine's late PONG does not
 	// make a read skip L1 and change the counts this test expects.
-	c, err := tiered.New[string](rdb, &tiered.Options{Namespace: ns, TTL: time.Minute, MaxStaleness: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return tieredtest.Cache[string](t, rdb, &tiered.Options{Namespace: ns, TTL: time.Minute, MaxStaleness: time.Minute})
 }
 
 // newReader returns a manual reader and a meter of a provider it reads.

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/tieredcache/tiered/internal/tieredtest"
 	"github.com/tieredcache/tiered/otelcache"
 	"github.com/tieredcache/tiered/tiered"
 )
@@ -54,19 +55,10 @@ func tracedCache(t *testing.T, opts *otelcache.TracerOptions) (*tiered.Cache[str
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	rdb.AddHook(redisSpans{tr})
 	t.Cleanup(func() { rdb.Close() })
-	c, err := tiered.New[string](rdb, &tiered.Options{
+	c := tieredtest.Cache[string](t, rdb, &tiered.Options{
 		Namespace: "users", TTL: time.Minute, MaxStaleness: time.Minute,
 		Tracer: otelcache.Tracer(tr, opts),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
 	exp.Reset() // the server check's commands, before any operation
 	return c, exp
 }

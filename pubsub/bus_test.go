@@ -551,10 +551,10 @@ func TestClose(t *testing.T) {
 
 // TestIdleBusKeepsSubscription: a healthy subscription that hears nothing
 // (no messages, no readers asking for proofs) is kept, however long
-// MaxStaleness is. The pinger used to wait a quarter of MaxStaleness after
-// every PING, so with MaxStaleness a minute it PINGed every 15 s, and the
-// health check replaced the "silent" connection every two intervals: a gap
-// and an L1 reset each time.
+// MaxStaleness is. A pinger that waited a quarter of MaxStaleness after
+// every PING would, with MaxStaleness a minute, PING every 15 s, and the
+// health check would replace the "silent" connection every two intervals:
+// a gap and an L1 reset each time.
 func TestIdleBusKeepsSubscription(t *testing.T) {
 	redistest.Each(t, true, func(t *testing.T, be redistest.Backend) {
 		b := healthyBus(t, be.Addr, &Options{MaxStaleness: time.Minute, HealthInterval: 200 * time.Millisecond})

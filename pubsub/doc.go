@@ -46,4 +46,10 @@
 // tells a cache which keys it must not serve meanwhile. The outbox is
 // bounded: past OutboxSize keys a namespace is purged instead. See
 // outbox.go.
+//
+// This package is a building block of package tiered: its exported names
+// are what tiered needs from it, not an API of their own. Applications use
+// package tiered (tiered.NewBus, tiered.BusOptions, tiered.Options.Bus)
+// rather than importing it; tiered.NewBusFrom is for the rare program that
+// also registers handlers of its own on the bus.
 package pubsub

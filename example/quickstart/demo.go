@@ -1,7 +1,8 @@
 package main
 
-// This file is the launcher `make quickstart` runs (`go run ./quickstart
-// demo`), not part of the service: you do not need it to copy main.go.
+// This file, with demo_procs.go and demo_client.go, is the launcher `make
+// quickstart` runs (`go run ./quickstart demo`), not part of the service:
+// you do not need it to copy main.go.
 //
 // It starts an embedded Redis (miniredis, in this process, on a free
 // loopback port), then two instances of the service, A and B, sharing it
@@ -17,9 +18,7 @@ package main
 // with its own Redis client, would behave the same, but would prove less.)
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -29,11 +28,8 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
-
-	"github.com/alicebob/miniredis/v2"
 
 	"github.com/tieredcache/tiered/tiered"
 )
@@ -255,201 +251,3 @@ var sourceText = map[string]string{
 }
 
 func dollars(cents int64) string { return fmt.Sprintf("$%d.%02d", cents/100, cents%100) }
-
-// startRedis starts a miniredis on a free loopback port, with a goroutine
-// that makes its TTLs run down with the wall clock (miniredis only expires
-// keys when told to, by FastForward), and returns it with its stop function.
-func startRedis() (*miniredis.Miniredis, func(), error) {
-	mr := miniredis.NewMiniRedis()
-	if err := mr.StartAddr("127.0.0.1:0"); err != nil {
-		return nil, nil, err
-	}
-	done, stopped := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(stopped)
-		tick := time.NewTicker(50 * time.Millisecond)
-		defer tick.Stop()
-		last := time.Now()
-		for {
-			select {
-			case <-done:
-				return
-			case now := <-tick.C:
-				mr.FastForward(now.Sub(last))
-				last = now
-			}
-		}
-	}()
-	return mr, func() { close(done); <-stopped; mr.Close() }, nil
-}
-
-// instance is one running service process.
-type instance struct {
-	name, url string
-	cmd       *exec.Cmd
-	exited    chan struct{} // closed when cmd has exited; err is then its Wait error
-	err       error
-}
-
-// startInstance runs the service with -addr 127.0.0.1:0 and waits for its
-// "listening on" log line, which tells the port it got.
-func startInstance(ctx context.Context, cfg demoConfig, name, redisAddr, dbPath string) (*instance, error) {
-	cmd := cfg.Command("-addr", "127.0.0.1:0", "-redis", redisAddr, "-db", dbPath, "-name", name)
-	w := &logWatcher{prefix: "[" + name + "] ", logs: cfg.Logs, ready: make(chan string, 1)}
-	cmd.Stdout, cmd.Stderr = w, w
-	cmd.SysProcAttr = childProcAttr()
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	in := &instance{name: name, cmd: cmd, exited: make(chan struct{})}
-	go func() {
-		in.err = cmd.Wait()
-		close(in.exited)
-	}()
-	t := time.NewTimer(30 * time.Second)
-	defer t.Stop()
-	select {
-	case in.url = <-w.ready:
-		return in, nil
-	case <-in.exited:
-		return nil, fmt.Errorf("instance %s exited at start (%v):\n%s", name, in.err, w.early())
-	case <-t.C:
-		err := fmt.Errorf("instance %s not listening after 30s:\n%s", name, w.early())
-		in.stop()
-		return nil, err
-	case <-ctx.Done():
-		in.stop()
-		return nil, ctx.Err()
-	}
-}
-
-// stop asks the instance to shut down (SIGINT), kills it if it has not
-// exited 10 seconds later, and returns its exit state.
-func (in *instance) stop() *os.ProcessState {
-	_ = in.cmd.Process.Signal(os.Interrupt)
-	t := time.NewTimer(10 * time.Second)
-	defer t.Stop()
-	select {
-	case <-in.exited:
-	case <-t.C:
-		_ = in.cmd.Process.Kill()
-		<-in.exited
-	}
-	return in.cmd.ProcessState
-}
-
-// logWatcher receives an instance's output: it finds the "listening on"
-// line, keeps the lines before it for an error, and passes the later ones
-// to logs.
-type logWatcher struct {
-	prefix string
-	logs   io.Writer
-	ready  chan string
-
-	mu      sync.Mutex
-	partial []byte
-	before  bytes.Buffer
-	found   bool
-}
-
-func (w *logWatcher) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.partial = append(w.partial, p...)
-	for {
-		i := bytes.IndexByte(w.partial, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		line := string(w.partial[:i+1])
-		w.partial = w.partial[i+1:]
-		switch _, url, ok := strings.Cut(line, "listening on "); {
-		case !w.found && ok:
-			w.found = true
-			w.ready <- strings.TrimSpace(url)
-		case !w.found:
-			w.before.WriteString(line)
-		case w.logs != nil:
-			_, _ = io.WriteString(w.logs, w.prefix+line)
-		}
-	}
-}
-
-func (w *logWatcher) early() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.before.String() + string(w.partial)
-}
-
-// client makes the demo's requests.
-type client struct{ http *http.Client }
-
-// stats is the body of GET /stats.
-type stats struct {
-	ServedBy string `json:"served_by"`
-	tiered.Stats
-}
-
-// step sends one request to in and tells where the answer came from by
-// comparing in's stats before and after it (the demo sends one request at
-// a time).
-func (c *client) step(ctx context.Context, in *instance, method, path, body string) (step, error) {
-	s := step{Instance: in.name, Method: method}
-	before, err := c.stats(ctx, in)
-	if err != nil {
-		return s, err
-	}
-	var a struct {
-		Product
-		ServedBy string `json:"served_by"`
-	}
-	s.Sent = time.Now()
-	if err := c.do(ctx, method, in.url+path, body, &a); err != nil {
-		return s, err
-	}
-	s.Answered = time.Now()
-	s.Product, s.ServedBy = a.Product, a.ServedBy
-	after, err := c.stats(ctx, in)
-	if err != nil {
-		return s, err
-	}
-	switch {
-	case after.Loads > before.Loads:
-		s.Source = "sqlite"
-	case after.L2Hits > before.L2Hits:
-		s.Source = "redis"
-	case after.L1Hits > before.L1Hits:
-		s.Source = "memory"
-	}
-	return s, nil
-}
-
-func (c *client) stats(ctx context.Context, in *instance) (stats, error) {
-	var st stats
-	err := c.do(ctx, "GET", in.url+"/stats", "", &st)
-	return st, err
-}
-
-// do sends a request and decodes its JSON answer into v.
-func (c *client) do(ctx context.Context, method, url, body string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, bytes.TrimSpace(b))
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("%s %s: %w", method, url, err)
-	}
-	return nil
-}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tieredcache/tiered/internal/benchlist"
 	"github.com/tieredcache/tiered/internal/redistest"
+	"github.com/tieredcache/tiered/internal/tieredtest"
 	"github.com/tieredcache/tiered/tiered"
 )
 
@@ -30,16 +31,7 @@ func benchNode(b *testing.B, addr string, o tiered.Options) *tiered.Cache[*Respo
 	rdb := redistest.Client(b, addr) // closed after the cache: cleanups run last-in first-out
 	o.Namespace, o.TTL = "httpbench", time.Hour
 	c, err := NewCache(rdb, &o)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { c.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		b.Fatal(err)
-	}
-	return c
+	return tieredtest.Ready(b, c, err)
 }
 
 // BenchmarkList: a 50-item JSON list (about 12 KB) served by a handler that

@@ -11,6 +11,7 @@ import (
 
 	"github.com/tieredcache/tiered/internal/leakcheck"
 	"github.com/tieredcache/tiered/internal/redistest"
+	"github.com/tieredcache/tiered/internal/tieredtest"
 	"github.com/tieredcache/tiered/tiered"
 )
 
@@ -33,16 +34,7 @@ func newNode(t *testing.T, addr string, o tiered.Options) *tiered.Cache[*Respons
 		o.MaxStaleness = time.Minute
 	}
 	c, err := NewCache(rdb, &o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := c.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return tieredtest.Ready(t, c, err)
 }
 
 func newMiddleware(t *testing.T, c *tiered.Cache[*Response], o Options) *Middleware {
