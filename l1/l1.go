@@ -82,6 +82,11 @@ type Cache[V any] struct {
 	fillSeq atomic.Uint64
 	applied atomic.Uint64
 
+	// clearReqs numbers calls of Clear; clearsDone is the highest number a
+	// finished clear covered (it began after that call). Both change with
+	// guard.clearMu held, except clearReqs's increment.
+	clearReqs, clearsDone atomic.Uint64
+
 	closed atomic.Bool
 	stop   chan struct{} // closed by Close to stop the tracker
 	done   chan struct{} // closed by the tracker when it returns
@@ -228,12 +233,24 @@ func (c *Cache[V]) Invalidate(keys ...string) {
 }
 
 // Clear drops every entry and invalidates every ticket issued before it.
+//
+// Concurrent calls share the work: a Clear that, once it holds the lock,
+// finds that a clear which began after it was called has finished returns
+// at once, since that clear did all it must. A burst of resets (every
+// cache of a process purged at once, say) then costs a couple of ristretto
+// clears, not one each in turn.
 func (c *Cache[V]) Clear() {
 	if c.closed.Load() {
 		return
 	}
+	req := c.clearReqs.Add(1)
 	c.guard.clearMu.Lock()
 	defer c.guard.clearMu.Unlock()
+	if c.clearsDone.Load() >= req {
+		return
+	}
+	covers := c.clearReqs.Load() // every Clear called before this one began
+	defer c.clearsDone.Store(covers)
 	c.guard.epoch.Add(1)
 	for i := range c.guard.stripes {
 		s := &c.guard.stripes[i]

@@ -1,6 +1,7 @@
 package l1
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -459,6 +460,52 @@ func TestInvalidateAndClearDropEntries(t *testing.T) {
 				t.Error("Fill with a ticket taken after the drop was rejected")
 			}
 		})
+	}
+}
+
+// TestConcurrentClearsShareWork: Clears called while another holds the
+// lock are served by one clear that begins after them, and each still
+// drops what was filled before it was called and refuses the tickets
+// issued before it.
+func TestConcurrentClearsShareWork(t *testing.T) {
+	t.Parallel()
+	c := newCache[string](t)
+	const n = 100
+	tickets := make([]Ticket, n)
+	for i := range n {
+		k := fmt.Sprint("k", i)
+		c.Fill(c.Begin(k), k, "old", 1, time.Minute)
+		tickets[i] = c.Begin(k)
+	}
+	c.Wait()
+	before := c.guard.epoch.Load()
+	c.guard.clearMu.Lock() // a clear in progress: the n calls queue behind it
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() { defer wg.Done(); c.Clear() }()
+	}
+	for c.clearReqs.Load() < n {
+		time.Sleep(time.Millisecond)
+	}
+	c.guard.clearMu.Unlock()
+	wg.Wait()
+	if got := c.guard.epoch.Load() - before; got != 1 {
+		t.Errorf("%d clears ran for %d calls queued behind one lock, want 1", got, n)
+	}
+	for i := range n {
+		k := fmt.Sprint("k", i)
+		if v, ok := lookup(c, k); ok {
+			t.Errorf("Get(%q) = %q after Clear", k, v)
+		}
+		if c.Fill(tickets[i], k, "stale", 1, time.Minute) {
+			t.Errorf("Fill of %q with a ticket from before Clear accepted", k)
+		}
+	}
+	// A Clear called after they returned clears again.
+	c.Clear()
+	if got := c.guard.epoch.Load() - before; got != 2 {
+		t.Errorf("a later Clear: %d clears in all, want 2", got)
 	}
 }
 

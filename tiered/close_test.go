@@ -128,7 +128,7 @@ func TestCloseWhileBusy(t *testing.T) {
 				defer closers.Done()
 				// Shutdown: Close with a deadline for the outbox that an
 				// overloaded miniredis can meet.
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 				defer cancel()
 				if err := c.Shutdown(ctx); err != nil {
 					t.Errorf("Shutdown: %v; stats %+v; bus %+v", err, c.Stats(), c.Bus().Stats())
