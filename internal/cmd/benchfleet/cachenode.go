@@ -11,7 +11,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/redistest"
-	"github.com/tieredcache/tiered/pubsub"
 	"github.com/tieredcache/tiered/tiered"
 )
 
@@ -24,7 +23,7 @@ import (
 // configure it), bus and cache; nodes share nothing but the server.
 type cacheNode[V any] struct {
 	rdb   *redis.Client
-	bus   *pubsub.Bus
+	bus   *tiered.Bus
 	cache *tiered.Cache[V]
 }
 
@@ -33,11 +32,11 @@ type cacheNode[V any] struct {
 func newCacheNode[V any](ctx context.Context, addr string, opts tiered.Options) (*cacheNode[V], error) {
 	n := &cacheNode[V]{rdb: faultClient(addr)}
 	var err error
-	if n.bus, err = pubsub.New(n.rdb, nil); err != nil {
+	if n.bus, err = tiered.NewBus(n.rdb, nil); err != nil {
 		n.close()
 		return nil, err
 	}
-	opts.Bus = tiered.NewBusFrom(n.bus)
+	opts.Bus = n.bus
 	if n.cache, err = tiered.New[V](n.rdb, &opts); err != nil {
 		n.close()
 		return nil, err

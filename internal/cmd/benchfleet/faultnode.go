@@ -10,7 +10,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/faultproxy"
-	"github.com/tieredcache/tiered/pubsub"
 	"github.com/tieredcache/tiered/tiered"
 )
 
@@ -20,7 +19,7 @@ type faultNode struct {
 	rdb    *redis.Client
 	busRdb *redis.Client     // rdb, or for the silent node a client through proxy
 	proxy  *faultproxy.Proxy // nil but for the silent node
-	bus    *pubsub.Bus
+	bus    *tiered.Bus
 	cache  *tiered.Cache[Item]
 }
 
@@ -58,14 +57,14 @@ func newFaultNode(ctx context.Context, id int, addr string, silent bool, logger 
 		n.busRdb = faultClient(n.proxy.Addr())
 	}
 	var err error
-	if n.bus, err = pubsub.New(n.busRdb, &pubsub.Options{Logger: logger}); err != nil {
+	if n.bus, err = tiered.NewBus(n.busRdb, &tiered.BusOptions{Logger: logger}); err != nil {
 		n.close()
 		return nil, err
 	}
 	n.cache, err = tiered.New[Item](n.rdb, &tiered.Options{
 		Namespace: faultNamespace,
 		TTL:       time.Minute,
-		Bus:       tiered.NewBusFrom(n.bus),
+		Bus:       n.bus,
 		Logger:    logger,
 	})
 	if err != nil {
