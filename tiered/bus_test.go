@@ -157,3 +157,26 @@ func TestErrorMessages(t *testing.T) {
 		t.Errorf("New with a bad namespace: %v", err)
 	}
 }
+
+// TestShutdownReportsUndelivered: an invalidation the outbox could not
+// deliver by Shutdown's deadline is reported as ErrQueued, not dropped in
+// silence. (That Shutdown delivers what it can is TestCloseWhileBusy's
+// outbox, flushed within its deadline.)
+func TestShutdownReportsUndelivered(t *testing.T) {
+	redistest.Each(t, false, func(t *testing.T, b redistest.Backend) {
+		ctx := context.Background()
+		c, _ := newNode[Product](t, b.Addr, Options{WriteTimeout: 100 * time.Millisecond})
+		b.Stop()
+		if err := c.Delete(ctx, "k"); !errors.Is(err, ErrQueued) {
+			t.Fatalf("Delete with Redis down: %v, want ErrQueued", err)
+		}
+		sctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer cancel()
+		if err := c.Shutdown(sctx); !errors.Is(err, ErrQueued) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown with the invalidation undelivered: %v, want ErrQueued and the deadline", err)
+		}
+		if err := c.Close(); !errors.Is(err, ErrQueued) {
+			t.Fatalf("Close after Shutdown: %v, want Shutdown's result", err)
+		}
+	})
+}
