@@ -50,20 +50,13 @@ func runL1Hit(ctx context.Context, e *env, rep *report) error {
 		keys[i] = "h" + strconv.Itoa(i)
 	}
 	src := newSource(0)
-	nodes := make([]peer, len(cfg.kinds))
-	defer func() {
-		for _, p := range nodes {
-			if p != nil {
-				_ = p.Close()
-			}
-		}
-	}()
+	nodes, err := openEach(ctx, cfg.kinds, e.addr, "hit-")
+	defer closeNodes(nodes)
+	if err != nil {
+		return err
+	}
 	for i, k := range cfg.kinds {
-		p, err := k.open(ctx, e.addr, "hit-"+strconv.Itoa(i))
-		if err != nil {
-			return fmt.Errorf("%s: %w", k.name, err)
-		}
-		nodes[i] = p
+		p := nodes[i]
 		for range 3 {
 			for _, key := range keys {
 				if _, err := p.Get(ctx, key, src); err != nil {
@@ -145,36 +138,24 @@ func runL1Hit(ctx context.Context, e *env, rep *report) error {
 // library's adapter uses, or nil for tiered (its L1 holds decoded values).
 func decodeBench(library string) func(*testing.B) {
 	v := Value{ID: "h1", Version: 1, Payload: payload}
+	marshal, unmarshal := json.Marshal, json.Unmarshal
 	switch library {
 	case "tiered":
 		return nil
 	case "go-redis/cache":
 		c := cache.New(&cache.Options{})
-		b, err := c.Marshal(v)
-		if err != nil {
-			panic(err)
-		}
-		return func(tb *testing.B) {
-			tb.ReportAllocs()
-			for tb.Loop() {
-				var out Value
-				if err := c.Unmarshal(b, &out); err != nil {
-					tb.Fatal(err)
-				}
-			}
-		}
-	default:
-		b, err := json.Marshal(v)
-		if err != nil {
-			panic(err)
-		}
-		return func(tb *testing.B) {
-			tb.ReportAllocs()
-			for tb.Loop() {
-				var out Value
-				if err := json.Unmarshal(b, &out); err != nil {
-					tb.Fatal(err)
-				}
+		marshal, unmarshal = c.Marshal, c.Unmarshal
+	}
+	b, err := marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return func(tb *testing.B) {
+		tb.ReportAllocs()
+		for tb.Loop() {
+			var out Value
+			if err := unmarshal(b, &out); err != nil {
+				tb.Fatal(err)
 			}
 		}
 	}

@@ -26,20 +26,10 @@ func runMultiget(ctx context.Context, e *env, rep *report) error {
 		return err
 	}
 	src := newSource(0)
-	nodes := make([]peer, len(cfg.kinds))
-	defer func() {
-		for _, p := range nodes {
-			if p != nil {
-				_ = p.Close()
-			}
-		}
-	}()
-	for i, k := range cfg.kinds {
-		p, err := k.open(ctx, e.addr, "mget"+strconv.Itoa(i))
-		if err != nil {
-			return fmt.Errorf("%s: %w", k.name, err)
-		}
-		nodes[i] = p
+	nodes, err := openEach(ctx, cfg.kinds, e.addr, "mget")
+	defer closeNodes(nodes)
+	if err != nil {
+		return err
 	}
 	batch := func(prefix string) []string {
 		keys := make([]string, cfg.mgetKeys)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -186,6 +187,21 @@ func openNodes(ctx context.Context, k kind, addr, ns string, count int) ([]peer,
 		p, err := k.open(ctx, addr, ns)
 		if err != nil {
 			return nodes, fmt.Errorf("%s node %d: %w", k.name, i, err)
+		}
+		nodes = append(nodes, p)
+	}
+	return nodes, nil
+}
+
+// openEach opens one node of every kind of kinds on addr, each in a
+// namespace of its own (prefix and its index); close them with closeNodes,
+// also when it fails.
+func openEach(ctx context.Context, kinds []kind, addr, prefix string) ([]peer, error) {
+	nodes := make([]peer, 0, len(kinds))
+	for i, k := range kinds {
+		p, err := k.open(ctx, addr, prefix+strconv.Itoa(i))
+		if err != nil {
+			return nodes, fmt.Errorf("%s: %w", k.name, err)
 		}
 		nodes = append(nodes, p)
 	}

@@ -40,7 +40,7 @@ type Cache[V any] struct {
 	l1  *l1.Cache[*entry[V]] // nil when Options.DisableL1
 	l2  *l2.Store
 	pub *Bus        // Options.Bus, or the cache's own
-	bus *pubsub.Bus // pub's subscription
+	bus *pubsub.Bus // pub.pb, held here too: the hit path reads it (Proven)
 	log *ratelog.Limiter
 
 	lossless bool // o.Codec says Unmarshal(Marshal(v)) == v (see roundTrip)
@@ -87,7 +87,7 @@ type Cache[V any] struct {
 	detach    func() // from pub
 
 	// pollMin and pollMax bound the backoff of a flight polling for a lease
-	// (see flight.go); tests raise them to prove that wake messages suffice.
+	// (see flight.go, leasewait.go); tests raise them to prove that wake messages suffice.
 	pollMin, pollMax time.Duration
 
 	// beforeFill, set only by tests, runs before a value read from Redis

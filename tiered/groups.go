@@ -97,7 +97,7 @@ const tagChunk = 1000
 // the invalidation is queued and this node reads through meanwhile.
 // ErrKeyEmpty and ErrKeyTooLong reject a bad tag; ErrClosed.
 func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) error {
-	return c.traced(ctx, OpInvalidate, "", len(tags), func(ctx context.Context) error { return c.invalidateTags(ctx, tags) })
+	return c.runWrite(ctx, OpInvalidate, "", len(tags), func(ctx context.Context) error { return c.invalidateTags(ctx, tags) })
 }
 
 func (c *Cache[V]) invalidateTags(ctx context.Context, tags []string) error {
@@ -166,7 +166,7 @@ func (c *Cache[V]) Clear(ctx context.Context) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
-	return c.traced(ctx, OpClear, "", 0, func(ctx context.Context) error {
+	return c.runWrite(ctx, OpClear, "", 0, func(ctx context.Context) error {
 		wctx, cancel := context.WithTimeout(ctx, c.o.WriteTimeout)
 		defer cancel()
 		return c.purge(wctx)

@@ -135,7 +135,7 @@ func (s Scoped[V]) tracedSet(ctx context.Context, key string, v V, ttl time.Dura
 	if s.c.o.Tracer == nil { // do not build the stored key twice
 		return s.set(ctx, key, v, ttl)
 	}
-	return s.c.traced(ctx, OpSet, s.Key(key), 1, func(ctx context.Context) error { return s.set(ctx, key, v, ttl) })
+	return s.c.runWrite(ctx, OpSet, s.Key(key), 1, func(ctx context.Context) error { return s.set(ctx, key, v, ttl) })
 }
 
 func (s Scoped[V]) set(ctx context.Context, key string, v V, ttl time.Duration) error {

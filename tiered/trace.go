@@ -136,23 +136,6 @@ func (c *Cache[V]) startSpan(ctx context.Context, op Op, key string, keys int) (
 	return c.o.Tracer.Start(ctx, SpanStart{Op: op, Namespace: c.o.Namespace, Key: key, Keys: keys})
 }
 
-// traced runs do, a write (an operation that returns only an error), in a
-// span of op when the cache has a Tracer. It counts the write as running,
-// so that Shutdown waits for it, or returns ErrClosed.
-func (c *Cache[V]) traced(ctx context.Context, op Op, key string, keys int, do func(context.Context) error) error {
-	if !c.enter() {
-		return ErrClosed
-	}
-	defer c.running.Done()
-	if c.o.Tracer == nil {
-		return do(ctx)
-	}
-	ctx, end := c.startSpan(ctx, op, key, keys)
-	err := do(ctx)
-	end(SpanEnd{Err: err})
-	return err
-}
-
 // readEnd is the SpanEnd of a one-key read: an origin only with an answer.
 func readEnd(err error, from Origin, shared bool) SpanEnd {
 	if err != nil && !errors.Is(err, ErrNotFound) {

@@ -30,7 +30,7 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 		c.stats.rejected.Add(1)
 		return ErrKeyReserved
 	}
-	return c.traced(ctx, OpSet, key, 1, func(ctx context.Context) error { return c.set(ctx, key, v, 0) })
+	return c.runWrite(ctx, OpSet, key, 1, func(ctx context.Context) error { return c.set(ctx, key, v, 0) })
 }
 
 // SetWithTTL is Set with a TTL of its own for this value instead of
@@ -46,7 +46,7 @@ func (c *Cache[V]) SetWithTTL(ctx context.Context, key string, v V, ttl time.Dur
 		c.stats.rejected.Add(1)
 		return ErrKeyReserved
 	}
-	return c.traced(ctx, OpSet, key, 1, func(ctx context.Context) error { return c.set(ctx, key, v, ttl) })
+	return c.runWrite(ctx, OpSet, key, 1, func(ctx context.Context) error { return c.set(ctx, key, v, ttl) })
 }
 
 func (c *Cache[V]) set(ctx context.Context, key string, v V, ttl time.Duration) error {
@@ -108,7 +108,7 @@ func (c *Cache[V]) tracedDelete(ctx context.Context, keys []string) error {
 	if len(keys) == 1 {
 		key = keys[0]
 	}
-	return c.traced(ctx, OpDelete, key, len(keys), func(ctx context.Context) error { return c.delete(ctx, keys...) })
+	return c.runWrite(ctx, OpDelete, key, len(keys), func(ctx context.Context) error { return c.delete(ctx, keys...) })
 }
 
 func (c *Cache[V]) delete(ctx context.Context, keys ...string) error {
@@ -211,4 +211,22 @@ func (c *Cache[V]) dropL1(keys ...string) {
 	if c.l1 != nil {
 		c.l1.Invalidate(keys...)
 	}
+}
+
+// runWrite runs do, a write (an operation that returns only an error: Set,
+// Delete, InvalidateTags, Clear), counted as running so that Shutdown waits
+// for it (or it returns ErrClosed), in a span of op when the cache has a
+// Tracer.
+func (c *Cache[V]) runWrite(ctx context.Context, op Op, key string, keys int, do func(context.Context) error) error {
+	if !c.enter() {
+		return ErrClosed
+	}
+	defer c.running.Done()
+	if c.o.Tracer == nil {
+		return do(ctx)
+	}
+	ctx, end := c.startSpan(ctx, op, key, keys)
+	err := do(ctx)
+	end(SpanEnd{Err: err})
+	return err
 }
